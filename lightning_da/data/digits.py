@@ -1,0 +1,139 @@
+"""Digit domains: MNIST, USPS, SVHN (torchvision roots), MNIST-M (original layout) and the bundled subset.
+
+Every digit domain is decoded once into a uint8 tensor resized to ``image_size`` with ``channels``
+channels (grey is repeated to 3; RGB is averaged to 1), then served from memory, so an epoch
+costs no image decoding. Normalisation is ``(x - 0.5) / 0.5``.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lightning_da.data.domain import DataError, Domain, TensorImages
+
+DIGIT_CLASSES = [str(i) for i in range(10)]
+
+
+def _prepare(images, image_size: int, channels: int) -> torch.Tensor:
+    x = torch.as_tensor(np.asarray(images))
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    elif x.ndim == 4 and x.shape[-1] in (1, 3):
+        x = x.permute(0, 3, 1, 2)
+    if x.shape[1] != channels:
+        x = x.expand(-1, 3, -1, -1) if channels == 3 else x.float().mean(1, keepdim=True).round().to(torch.uint8)
+    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+        x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        x = x.round().clamp(0, 255).to(torch.uint8)
+    return x.contiguous()
+
+
+def _digits_domain(name, train, test, image_size, channels, **info) -> Domain:
+    def ds(split):
+        if split is None:
+            return None
+        images, labels = split
+        return TensorImages(_prepare(images, image_size, channels), torch.as_tensor(np.asarray(labels)).long())
+
+    return Domain(name, ds(train), DIGIT_CLASSES, ds(test), info)
+
+
+def _require(path: str, layout: str) -> None:
+    if not os.path.exists(path):
+        raise DataError(f"data path {os.path.abspath(path)!r} does not exist; expected {layout}. "
+                        "Set data.domain_args.root (or download=true where the dataset supports it).")
+
+
+def mnist(root: str, image_size: int = 28, channels: int = 1, download: bool = False, **_) -> Domain:
+    """MNIST (60k train / 10k test) read by ``torchvision.datasets.MNIST`` from ``root/MNIST/raw``."""
+    from torchvision.datasets import MNIST
+
+    if not download:
+        _require(os.path.join(root, "MNIST", "raw"), "the torchvision layout <root>/MNIST/raw/{train,t10k}-*-ubyte")
+    tr, te = MNIST(root, train=True, download=download), MNIST(root, train=False, download=download)
+    return _digits_domain("mnist", (tr.data, tr.targets), (te.data, te.targets), image_size, channels)
+
+
+def usps(root: str, image_size: int = 28, channels: int = 1, download: bool = False, **_) -> Domain:
+    """USPS (7,291 train / 2,007 test, 16x16) read by ``torchvision.datasets.USPS`` from ``root/usps{,.t}.bz2``."""
+    from torchvision.datasets import USPS
+
+    if not download:
+        _require(os.path.join(root, "usps.bz2"), "the torchvision layout <root>/usps.bz2 and <root>/usps.t.bz2")
+    tr, te = USPS(root, train=True, download=download), USPS(root, train=False, download=download)
+    return _digits_domain("usps", (tr.data, tr.targets), (te.data, te.targets), image_size, channels)
+
+
+def svhn(root: str, image_size: int = 32, channels: int = 3, download: bool = False, **_) -> Domain:
+    """SVHN (73,257 train / 26,032 test) read by ``torchvision.datasets.SVHN`` from ``root/{train,test}_32x32.mat``."""
+    from torchvision.datasets import SVHN
+
+    if not download:
+        _require(os.path.join(root, "train_32x32.mat"), "the torchvision layout <root>/{train,test}_32x32.mat")
+    tr, te = SVHN(root, split="train", download=download), SVHN(root, split="test", download=download)
+    return _digits_domain("svhn", (tr.data, tr.labels), (te.data, te.labels), image_size, channels)
+
+
+def mnist_m(root: str, image_size: int = 32, channels: int = 3, **_) -> Domain:
+    """MNIST-M in its original layout: ``root/mnist_m/mnist_m_{train,test}/*.png`` plus
+    ``mnist_m_{train,test}_labels.txt`` (``filename label`` lines). If only the test split exists
+    (as in ../shared/data), it is the (transductive) train split and there is no test split."""
+    from PIL import Image
+
+    base = os.path.join(root, "mnist_m")
+    layout = "<root>/mnist_m/mnist_m_test/*.png with <root>/mnist_m/mnist_m_test_labels.txt (and optionally the train split)"
+
+    def read(split):
+        folder, labels_file = os.path.join(base, f"mnist_m_{split}"), os.path.join(base, f"mnist_m_{split}_labels.txt")
+        if not os.path.isfile(labels_file):
+            return None
+        names, labels = [], []
+        with open(labels_file) as fh:
+            for line_no, line in enumerate(fh, 1):
+                parts = line.split()
+                if not parts:
+                    continue
+                if len(parts) != 2:
+                    raise DataError(f"{labels_file}:{line_no}: expected 'filename label', got {line.strip()!r}")
+                names.append(parts[0])
+                labels.append(int(parts[1]))
+        images = []
+        for n in names:
+            path = os.path.join(folder, n)
+            try:
+                with Image.open(path) as im:
+                    images.append(np.asarray(im.convert("RGB")))
+            except (OSError, ValueError) as err:
+                raise DataError(f"cannot read MNIST-M image {path}: {err}") from err
+        return np.stack(images), labels
+
+    _require(base, layout)
+    train, test = read("train"), read("test")
+    if train is None and test is None:
+        raise DataError(f"no MNIST-M split found under {base}; expected {layout}")
+    if train is None:
+        return _digits_domain("mnist_m", test, None, image_size, channels, transductive=True)
+    return _digits_domain("mnist_m", train, test, image_size, channels)
+
+
+BUNDLE = "digits_bundle.npz"
+
+
+def bundled(name: str, image_size: int = 28, channels: int = 1, **_) -> Domain:
+    """The compact real-digits bundle shipped inside the package (offline default).
+
+    ``mnist``: 10,000 MNIST train images (the first 1,000 of each class) and 2,000 MNIST test
+    images (the first 200 of each class); ``usps``: all of USPS (7,291 train / 2,007 test).
+    """
+    if name not in ("mnist", "usps"):
+        raise DataError(f"the bundled digits hold 'mnist' and 'usps', not {name!r}")
+    with resources.files("lightning_da.data").joinpath("bundled", BUNDLE).open("rb") as fh:
+        z = np.load(fh)
+        train = (z[f"{name}_train_x"], z[f"{name}_train_y"])
+        test = (z[f"{name}_test_x"], z[f"{name}_test_y"])
+    return _digits_domain(f"{name}_bundled", train, test, image_size, channels)

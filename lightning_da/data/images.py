@@ -1,0 +1,127 @@
+"""Image domains in ImageFolder layout (``root/<class>/<image>``) or image-list files (``path label``).
+
+Class lists are checked across domains by the DataModule. Paths are checked when the domain is
+built (a wrong path names the path and the layout it expected); an unreadable image raises an
+error naming the file when it is loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision import transforms as T
+
+from lightning_da.data.domain import DataError, Domain
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def image_transforms(train: bool, resize: int = 256, crop: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
+                     std: Sequence[float] = IMAGENET_STD, hflip: bool = True):
+    """Train: ``Resize((r, r)) -> RandomCrop(c) -> RandomHorizontalFlip``; test: ``Resize((r, r)) ->
+    CenterCrop(c)``; both then ``ToTensor -> Normalize(mean, std)`` (the CDAN / RN / CGDM pipeline)."""
+    ops = [T.Resize((resize, resize))]
+    if train:
+        ops += [T.RandomCrop(crop)] + ([T.RandomHorizontalFlip()] if hflip else [])
+    else:
+        ops += [T.CenterCrop(crop)]
+    return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
+
+
+class ImageSamples(Dataset):
+    """``(path, label)`` pairs loaded with PIL as RGB and transformed."""
+
+    def __init__(self, samples: list[tuple[str, int]], transform=None):
+        self.samples, self.transform = samples, transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        try:
+            with Image.open(path) as im:
+                img = im.convert("RGB")
+        except (OSError, ValueError) as err:
+            raise DataError(f"cannot read image {path}: {err}") from err
+        return (self.transform(img) if self.transform else img), label
+
+
+def scan_image_folder(path: str) -> tuple[list[tuple[str, int]], list[str]]:
+    layout = "ImageFolder layout <path>/<class name>/<image file>"
+    if not os.path.isdir(path):
+        raise DataError(f"image folder {os.path.abspath(path)!r} does not exist; expected {layout}")
+    classes = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
+        raise DataError(f"image folder {os.path.abspath(path)!r} has no class sub-folders; expected {layout}")
+    samples = []
+    for label, cls in enumerate(classes):
+        for dirpath, _, files in sorted(os.walk(os.path.join(path, cls), followlinks=True)):
+            samples += [(os.path.join(dirpath, f), label) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    if not samples:
+        raise DataError(f"image folder {os.path.abspath(path)!r} has class folders {classes[:5]}... but no images; expected {layout}")
+    return samples, classes
+
+
+def read_image_list(list_file: str, root: str = "") -> list[tuple[str, int]]:
+    layout = "an image-list file of 'relative/or/absolute/path label' lines (0-based labels)"
+    if not os.path.isfile(list_file):
+        raise DataError(f"image list {os.path.abspath(list_file)!r} does not exist; expected {layout}")
+    samples = []
+    with open(list_file) as fh:
+        for line_no, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            path, _, label = line.strip().rpartition(" ")
+            if not path or not label.lstrip("-").isdigit():
+                raise DataError(f"{list_file}:{line_no}: expected 'path label', got {line.strip()!r}")
+            samples.append((path if os.path.isabs(path) else os.path.join(root, path), int(label)))
+    if not samples:
+        raise DataError(f"image list {list_file!r} is empty")
+    missing = [p for p, _ in samples[:20] if not os.path.exists(p)]
+    if missing:
+        raise DataError(f"image list {list_file!r} points to missing files, e.g. {missing[0]!r}; "
+                        "rewrite its path prefixes or set the list's root")
+    return samples
+
+
+def image_domain(name: str, root: str, path: str | None = None, list_file: str | None = None,
+                 test_path: str | None = None, test_list_file: str | None = None, classes: Sequence[str] | None = None,
+                 transform: dict | None = None, **_) -> Domain:
+    """An image domain from an ImageFolder (``root/path``) or an image list (``root/list_file``).
+
+    ``classes`` names the classes of an image list in label order (default ``"0".."K-1"``); for an
+    ImageFolder it is checked against the folders. ``test_path`` / ``test_list_file`` give a
+    held-out split; without one the domain is transductive (its train split is also evaluated).
+    ``transform`` holds the arguments of :func:`image_transforms`.
+    """
+    transform = dict(transform or {})
+
+    def load(folder, listing):
+        if listing is not None:
+            samples = read_image_list(os.path.join(root, listing), root)
+            n = max(label for _, label in samples) + 1
+            names = list(classes) if classes is not None else [str(i) for i in range(n)]
+            if n > len(names) or min(label for _, label in samples) < 0:
+                raise DataError(f"image list {listing!r} has labels outside 0..{len(names) - 1} ({len(names)} classes)")
+            return samples, names
+        if folder is None:
+            raise DataError(f"domain {name!r}: give either path (ImageFolder) or list_file (image list)")
+        samples, names = scan_image_folder(os.path.join(root, folder))
+        if classes is not None and list(classes) != names:
+            raise DataError(f"domain {name!r}: folders {names} differ from the configured classes {list(classes)}")
+        return samples, names
+
+    train_samples, names = load(path, list_file)
+    test = None
+    if test_path is not None or test_list_file is not None:
+        test_samples, test_names = load(test_path, test_list_file)
+        if test_names != names:
+            raise DataError(f"domain {name!r}: test classes {test_names} differ from train classes {names}")
+        test = ImageSamples(test_samples, image_transforms(False, **transform))
+    train = ImageSamples(train_samples, image_transforms(True, **transform))
+    return Domain(name, train, names, test, train_eval=ImageSamples(train_samples, image_transforms(False, **transform)))

@@ -1,0 +1,7 @@
+"""Losses as plain functions and small modules, each with its formula in the docstring."""
+
+from lightning_da.losses.adversarial import cdan_loss, dann_loss, entropy_weights, multilinear_map
+from lightning_da.losses.entropy import entropy
+from lightning_da.losses.regularizers import EXTRA_LOSSES, ExtraLoss
+
+__all__ = ["cdan_loss", "dann_loss", "entropy_weights", "multilinear_map", "entropy", "EXTRA_LOSSES", "ExtraLoss"]

@@ -1,0 +1,8 @@
+"""One LightningModule per method, each a small subclass of :class:`~lightning_da.methods.base.DAMethod`."""
+
+from lightning_da.methods.base import DAMethod
+from lightning_da.methods.cdan import CDAN
+from lightning_da.methods.dann import DANN
+from lightning_da.methods.source_only import SourceOnly
+
+__all__ = ["DAMethod", "CDAN", "DANN", "SourceOnly"]

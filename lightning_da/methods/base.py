@@ -1,0 +1,182 @@
+"""The base of every method: model parts, evaluation, metrics, optimiser and schedule from config.
+
+A method is ``backbone -> bottleneck -> classifier`` plus whatever its loss needs. Subclasses with
+one loss per batch override :meth:`DAMethod.transfer_loss` only; methods with several optimiser
+steps per batch set ``automatic_optimization = False`` and override ``training_step``.
+
+Training loss of the automatic path, on a batch ``{"source": (x_s, y_s), "target": (x_t, idx)}``
+forwarded as one ``[x_s; x_t]`` call inside :func:`lightning_da.norm.domain_split`:
+
+    L = CE(z_s, y_s) + trade_off * L_transfer(f, z) + sum_k w_k * L_k(z_t)
+
+where ``L_k`` are the configured extra terms (``extra_losses={entropy: 0.1}``).
+
+Evaluation: validation and test loaders come from ``datamodule.eval_names`` (``target`` first,
+then held-out source splits); each logs ``{stage}/{name}_acc`` (overall accuracy) and
+``{stage}/{name}_acc_mean_class`` (mean per-class recall, the VisDA metric).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.classification import MulticlassAccuracy
+
+from lightning_da.losses import ExtraLoss
+from lightning_da.models.grl import GradientReversal
+from lightning_da.models.heads import Bottleneck, Classifier
+from lightning_da.norm import DomainSplitError, domain_aware_layers, domain_split
+from lightning_da.optim import param_groups
+
+
+class DAMethod(L.LightningModule):
+    """Shared base. Args:
+
+    backbone: an ``nn.Module`` with ``out_features`` (``models.build_backbone``).
+    num_classes: number of classes (from the DataModule).
+    optimizer: a partial optimiser (``_partial_: true``) taking parameter groups.
+    scheduler: a partial LR scheduler taking the optimiser (and ``total_steps`` if it asks for it).
+    norm: a callable converting the built network's norm layers (``norm`` group); None keeps BN.
+    bottleneck: keyword arguments of :class:`~lightning_da.models.heads.Bottleneck` (``dim: 0`` = none).
+    classifier_init: initialisation of the classifier (``default``, ``xavier``, ``normal``).
+    lr_mult: learning-rate multiplier per top-level module name (``backbone``, ``bottleneck``, ...).
+    extra_losses: extra terms on the target logits, ``{name: weight}`` (see ``losses.regularizers``).
+    trade_off: weight of the method's transfer loss.
+    """
+
+    #: the method forwards ``[source; target]`` in one call and declares the split to the norm layers
+    splits_domains: bool = True
+
+    def __init__(self, backbone: nn.Module, num_classes: int, optimizer: Callable, scheduler: Callable | None = None,
+                 norm: Callable[[nn.Module], nn.Module] | None = None, bottleneck: dict | None = None,
+                 classifier_init: str = "default", lr_mult: dict | None = None, extra_losses: dict | None = None,
+                 trade_off: float = 1.0, channels_last: bool = False, compile: bool = False):
+        super().__init__()
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "norm"])
+        self.backbone = backbone
+        self.bottleneck = Bottleneck(backbone.out_features, **(bottleneck or {}))
+        self.classifier = Classifier(self.bottleneck.out_features, num_classes, init=classifier_init)
+        self.build_heads()
+        if norm is not None:
+            norm(self)
+        if domain_aware_layers(self) and not self.splits_domains:
+            raise DomainSplitError(f"{type(self).__name__} cannot split its batches by domain, so it cannot use a "
+                                   "domain-aware norm (dsbn/transnorm/rn); use norm=bn or adabn")
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.lr_mult = dict(lr_mult or {})
+        self.extra = ExtraLoss(extra_losses)
+        self.trade_off = trade_off
+        self.eval_metrics = nn.ModuleDict()
+        self.num_classes = num_classes
+        self._compiled = None
+
+    # ------------------------------------------------------------------ model
+    def build_heads(self) -> None:
+        """Subclasses add their discriminators / extra heads here (norm conversion runs after)."""
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.bottleneck(self.backbone(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+    def forward_domains(self, *xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Forward ``cat(xs)`` (source first, target last) in one call, telling domain-aware norms
+        that the first ``len(xs[0])`` rows are source; returns features and logits."""
+        x = torch.cat(xs) if len(xs) > 1 else xs[0]
+        with domain_split(self, sum(len(t) for t in xs[:-1])):
+            f = self.features(x)
+            return f, self.classifier(f)
+
+    # ------------------------------------------------------------------ training
+    def transfer_loss(self, features: torch.Tensor, logits: torch.Tensor, n_source: int) -> tuple[torch.Tensor, dict]:
+        """The method's adaptation loss on ``[source; target]`` features and logits (and extra logs)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        (xs, ys), (xt, _) = batch["source"], batch["target"]
+        f, z = self.forward_domains(xs, xt)
+        ns = len(xs)
+        loss_cls = F.cross_entropy(z[:ns], ys)
+        loss_transfer, logs = self.transfer_loss(f, z, ns)
+        loss = loss_cls + self.trade_off * loss_transfer
+        if self.extra:
+            loss_extra, terms = self.extra(z[ns:])
+            loss = loss + loss_extra
+            logs.update({f"train/loss_{k}": v for k, v in terms.items()})
+        with torch.no_grad():
+            source_acc = (z[:ns].argmax(1) == ys).float().mean()
+        self.log_dict({"train/loss": loss, "train/loss_cls": loss_cls, "train/loss_transfer": loss_transfer,
+                       "train/source_acc": source_acc, **logs})
+        self.log("loss", loss, prog_bar=True, logger=False)
+        return loss
+
+    def make_grl(self, alpha: float | None = 10.0, max_iters: int | None = None, lo: float = 0.0, hi: float = 1.0,
+                 auto_step: bool = False) -> GradientReversal:
+        """A GRL whose schedule runs over ``max_iters`` steps (None: the whole training run, the DANN
+        progress schedule). Its step follows ``global_step`` unless ``auto_step``."""
+        grl = GradientReversal(alpha=alpha, max_iters=max_iters or 1, lo=lo, hi=hi, auto_step=auto_step)
+        grl.schedule_over_training = max_iters is None
+        return grl
+
+    def on_train_start(self) -> None:
+        self._stepped_grls = [m for m in self.modules() if isinstance(m, GradientReversal) and not m.auto_step]
+        for m in self._stepped_grls:
+            if m.schedule_over_training:
+                m.max_iters = max(int(self.trainer.estimated_stepping_batches), 1)
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        for m in self._stepped_grls:
+            m.step = self.global_step
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_names(self) -> list[str]:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        return dm.eval_names if dm is not None and hasattr(dm, "eval_names") else ["target"]
+
+    def setup(self, stage: str) -> None:
+        """Metrics per stage and evaluation loader (before DDP wraps the module)."""
+        for st in ("val", "test"):
+            for name in self._eval_names():
+                if f"{st}_{name}" not in self.eval_metrics:
+                    self.eval_metrics[f"{st}_{name}"] = nn.ModuleDict({
+                        "acc": MulticlassAccuracy(self.num_classes, average="micro"),
+                        "acc_mean_class": MulticlassAccuracy(self.num_classes, average="macro"),
+                    })
+
+    def _eval_step(self, stage: str, batch, dataloader_idx: int) -> None:
+        x, y = batch
+        name = self._eval_names()[dataloader_idx]
+        logits = self(x)
+        for metric_name, metric in self.eval_metrics[f"{stage}_{name}"].items():
+            metric(logits, y)
+            self.log(f"{stage}/{name}_{metric_name}", metric, add_dataloader_idx=False, prog_bar=(name == "target" and metric_name == "acc"))
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("val", batch, dataloader_idx)
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step("test", batch, dataloader_idx)
+
+    # ------------------------------------------------------------------ optimisation
+    def optimizer_modules(self) -> list[tuple[str, nn.Module]]:
+        return list(self.named_children())
+
+    def configure_optimizers(self):
+        base_lr = self.optimizer_factory.keywords["lr"]
+        modules = [(n, m) for n, m in self.optimizer_modules() if n != "eval_metrics"]
+        optimizer = self.optimizer_factory(param_groups(modules, base_lr, self.lr_mult))
+        if self.scheduler_factory is None:
+            return optimizer
+        kwargs = {}
+        if "total_steps" in inspect.signature(self.scheduler_factory).parameters and "total_steps" not in self.scheduler_factory.keywords:
+            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+        scheduler = self.scheduler_factory(optimizer, **kwargs)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,31 @@
+"""DANN: domain-adversarial neural network (Ganin & Lempitsky, ICML 2015; JMLR 2016).
+
+A discriminator D predicts the domain of the bottleneck features through a gradient reversal
+layer, so the feature extractor learns to confuse it:
+
+    L = CE(C(f_s), y_s) + trade_off * 1/2 [ BCE(D(R(f_s)), 1) + BCE(D(R(f_t)), 0) ]
+
+R is the GRL with coefficient ``lambda_p = 2 / (1 + exp(-10 p)) - 1`` over training progress p
+(``grl.max_iters: null``); ``grl: {alpha: 1, max_iters: 1000, auto_step: true}`` gives the
+warm-start GRL instead.
+"""
+
+from __future__ import annotations
+
+from lightning_da.losses import dann_loss
+from lightning_da.methods.base import DAMethod
+from lightning_da.models.heads import DomainDiscriminator
+
+
+class DANN(DAMethod):
+    def __init__(self, *args, discriminator: dict | None = None, grl: dict | None = None, **kwargs):
+        self._disc_cfg, self._grl_cfg = dict(discriminator or {}), dict(grl or {})
+        super().__init__(*args, **kwargs)
+
+    def build_heads(self) -> None:
+        self.grl = self.make_grl(**self._grl_cfg)
+        self.discriminator = DomainDiscriminator(self.bottleneck.out_features, **self._disc_cfg)
+
+    def transfer_loss(self, features, logits, n_source):
+        d = self.discriminator(self.grl(features))
+        return dann_loss(d[:n_source], d[n_source:]), {"train/grl_coeff": self.grl.coeff}

@@ -1,0 +1,76 @@
+"""Heads shared by methods: bottleneck, classifier and domain discriminator."""
+
+from __future__ import annotations
+
+from torch import nn
+
+
+class Bottleneck(nn.Sequential):
+    """``Linear(in, dim) [-> BatchNorm1d] [-> ReLU] [-> Dropout]``; ``dim=0`` is the identity.
+
+    ``init="xavier"`` gives xavier-normal weights and zero bias (CDAN/RN ``init_weights``);
+    ``"normal"`` gives N(0, 0.005^2) weights and bias 0.1 (CGDM); ``"default"`` keeps PyTorch's.
+    """
+
+    def __init__(self, in_features: int, dim: int = 256, batch_norm: bool = True, relu: bool = True,
+                 dropout: float = 0.0, init: str = "default"):
+        layers: list[nn.Module] = []
+        if dim:
+            linear = nn.Linear(in_features, dim)
+            _init_linear(linear, init)
+            layers.append(linear)
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(dim))
+            if relu:
+                layers.append(nn.ReLU(inplace=True))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+        super().__init__(*layers)
+        self.out_features = dim or in_features
+
+
+def _init_linear(linear: nn.Linear, init: str) -> None:
+    if init == "xavier":
+        nn.init.xavier_normal_(linear.weight)
+        nn.init.zeros_(linear.bias)
+    elif init == "normal":
+        nn.init.normal_(linear.weight, 0.0, 0.005)
+        nn.init.constant_(linear.bias, 0.1)
+    elif init != "default":
+        raise ValueError(f"unknown init {init!r}; choose one of default, xavier, normal")
+
+
+class Classifier(nn.Linear):
+    """The label predictor: one linear layer over the bottleneck features."""
+
+    def __init__(self, in_features: int, num_classes: int, init: str = "default"):
+        super().__init__(in_features, num_classes)
+        _init_linear(self, init)
+
+
+class DomainDiscriminator(nn.Sequential):
+    """MLP that outputs one domain logit per row (source = 1, target = 0).
+
+    ``Linear(in, h) -> [BN] -> ReLU -> [Dropout]`` repeated ``num_hidden`` times, then
+    ``Linear(h, 1)``. ``batch_norm=True, dropout=0`` is the TLlib discriminator;
+    ``batch_norm=False, dropout=0.5`` with hidden 1024 is CDAN's AdversarialNetwork (whose sigmoid
+    lives in the loss here, as a logit).
+    """
+
+    def __init__(self, in_features: int, hidden: int = 1024, num_hidden: int = 2, batch_norm: bool = True,
+                 dropout: float = 0.0):
+        layers: list[nn.Module] = []
+        width = in_features
+        for _ in range(num_hidden):
+            layers.append(nn.Linear(width, hidden))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden))
+            layers.append(nn.ReLU(inplace=True))
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        super().__init__(*layers)
+
+    def forward(self, x):
+        return super().forward(x).squeeze(-1)

@@ -1,0 +1,152 @@
+"""Build data, method, trainer, loggers and callbacks from a composed config; fit; test; report.
+
+``run.py`` is the Hydra entry point around :func:`train`. The report tests two checkpoints: the
+last one and the best by ``cfg.monitor`` (when set), and adds the oracle best (the validation
+epoch with the highest target accuracy, which uses target labels and is labelled so).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import resource
+import time
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+from lightning_da.callbacks import MetricHistory
+
+log = logging.getLogger(__name__)
+ORACLE_METRIC = "val/target_acc"
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """Instantiate the DataModule, the method (backbone and norm inside) and the trainer."""
+    datamodule = instantiate(cfg.data, _convert_="all")
+    model = instantiate(
+        cfg.method,
+        backbone=instantiate(cfg.backbone),
+        num_classes=datamodule.num_classes,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        norm=instantiate(cfg.norm) if cfg.get("norm") else None,
+        _convert_="all",
+    )
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks.append(MetricHistory())
+    if cfg.get("monitor"):
+        callbacks.append(ModelCheckpoint(
+            dirpath=os.path.join(cfg.paths.output_dir, "checkpoints"), monitor=cfg.monitor, mode=cfg.monitor_mode,
+            save_last=True, save_top_k=1, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False))
+    else:
+        callbacks.append(ModelCheckpoint(dirpath=os.path.join(cfg.paths.output_dir, "checkpoints"), save_last=True, save_top_k=0))
+    loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, model, trainer
+
+
+def _test(trainer: L.Trainer, model, datamodule, ckpt_path: str) -> dict[str, float]:
+    metrics = trainer.test(model, datamodule=datamodule, ckpt_path=ckpt_path, verbose=False)
+    out = {}
+    for m in metrics:
+        out.update({k: float(v) for k, v in m.items()})
+    return out
+
+
+def _flat(cfg: DictConfig) -> dict[str, Any]:
+    out = {}
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(v, key + ".")
+            else:
+                out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+
+    walk(OmegaConf.to_container(cfg, resolve=True), "")
+    return out
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit and test as configured; return the results (also written to ``results.json``)."""
+    start = time.time()
+    L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("float32_matmul_precision"):
+        torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    datamodule, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    history = next(c for c in trainer.callbacks if isinstance(c, MetricHistory))
+    ckpt = trainer.checkpoint_callback
+
+    results: dict[str, Any] = {
+        "method": type(model).__name__, "task": f"{'+'.join(datamodule.source_names)}->{datamodule.target_name}",
+        "seed": cfg.seed, "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
+    }
+    if cfg.get("test", True):
+        results["last"] = {"checkpoint": ckpt.last_model_path, **_test(trainer, model, datamodule, ckpt.last_model_path)}
+        if cfg.get("monitor") and ckpt.best_model_path:
+            best = history.best(cfg.monitor, cfg.monitor_mode) or {}
+            results["best"] = {"monitor": cfg.monitor, "oracle": cfg.monitor.startswith("val/target"),
+                               "monitor_value": float(ckpt.best_model_score), "epoch": best.get("epoch"),
+                               "checkpoint": ckpt.best_model_path,
+                               **_test(trainer, model, datamodule, ckpt.best_model_path)}
+    oracle = history.best(ORACLE_METRIC)
+    if oracle:
+        results["oracle"] = {"note": "best validation epoch by target accuracy: uses target labels",
+                             "epoch": oracle["epoch"], ORACLE_METRIC: oracle[ORACLE_METRIC]}
+    results["history"] = history.history
+    results["wall_time_s"] = round(time.time() - start, 2)
+    results["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+    if trainer.is_global_zero:
+        with open(os.path.join(cfg.paths.output_dir, "results.json"), "w") as fh:
+            json.dump(results, fh, indent=2)
+        for lg in trainer.loggers:
+            if isinstance(lg, TensorBoardLogger):
+                final = {f"hp/{part}/{k.split('/', 1)[1]}": v for part in ("last", "best")
+                         for k, v in results.get(part, {}).items() if k.startswith("test/")}
+                if oracle:
+                    final["hp/oracle/val_target_acc"] = oracle[ORACLE_METRIC]
+                lg.log_hyperparams(_flat(cfg), metrics=final)
+        print(summary(results))
+    return results
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.2f}%" if isinstance(v, float) else "n/a"
+
+
+def summary(results: dict) -> str:
+    lines = [f"== {results['method']} on {results['task']} (seed {results['seed']}): {results['steps']} steps =="]
+    if "last" in results:
+        lines.append(f"target accuracy, last checkpoint:              {_pct(results['last'].get('test/target_acc'))}"
+                     f"  (mean per class {_pct(results['last'].get('test/target_acc_mean_class'))})")
+    if "best" in results:
+        b = results["best"]
+        tag = " [ORACLE: selected with target labels]" if b["oracle"] else ""
+        lines.append(f"target accuracy, best by {b['monitor']} (epoch {b['epoch']}): {_pct(b.get('test/target_acc'))}"
+                     f"  (monitor {b['monitor_value']:.4f}){tag}")
+    if "oracle" in results:
+        o = results["oracle"]
+        lines.append(f"oracle (target labels): best val/target_acc {_pct(o[ORACLE_METRIC])} at epoch {o['epoch']}")
+    lines.append(f"wall time {results['wall_time_s']:.1f} s, peak RSS {results['peak_rss_mb']:.0f} MB; "
+                 f"results: {os.path.join(results['output_dir'], 'results.json')}")
+    return "\n".join(lines)
+
+
+def lookup(results: dict, dotted: str) -> float | None:
+    """``lookup(results, "best.test/target_acc")`` -> the value, or None when absent."""
+    node: Any = results
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return float(node) if isinstance(node, (int, float)) else None
