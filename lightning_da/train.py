@@ -17,7 +17,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -40,8 +40,15 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         _convert_="all",
     )
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks.append(MetricHistory())
-    if cfg.get("monitor"):
+    monitor = cfg.get("monitor")
+    if monitor and monitor.startswith("val/") and monitor.split("/")[1].split("_acc")[0] not in datamodule.eval_names:
+        raise ValueError(f"monitor={monitor} needs an evaluation split named {monitor.split('/')[1].split('_acc')[0]!r}, "
+                         f"but this data has {datamodule.eval_names}; hold out source data with data.source_holdout=0.1, "
+                         "pick another monitor, or monitor=null to report the last checkpoint only")
+    if monitor:
         callbacks.append(ModelCheckpoint(
             dirpath=os.path.join(cfg.paths.output_dir, "checkpoints"), monitor=cfg.monitor, mode=cfg.monitor_mode,
             save_last=True, save_top_k=1, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False))
@@ -75,9 +82,22 @@ def _flat(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+def _single_log_stream() -> None:
+    """Lightning adds console handlers of its own; under Hydra's logging (console + run-dir file)
+    that prints every message twice. Route Lightning's messages through Hydra's handlers only."""
+    if logging.getLogger().handlers:
+        for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+            lg = logging.getLogger(name)
+            for h in list(lg.handlers):
+                if type(h) is logging.StreamHandler:
+                    lg.removeHandler(h)
+            lg.propagate = True
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as configured; return the results (also written to ``results.json``)."""
     start = time.time()
+    _single_log_stream()
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
@@ -88,7 +108,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "method": type(model).__name__, "task": f"{'+'.join(datamodule.source_names)}->{datamodule.target_name}",
-        "seed": cfg.seed, "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
+        "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision), "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
     }
     if cfg.get("test", True):
         results["last"] = {"checkpoint": ckpt.last_model_path, **_test(trainer, model, datamodule, ckpt.last_model_path)}

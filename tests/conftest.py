@@ -1,0 +1,53 @@
+"""Shared fixtures: Hydra composition of run.py's config, and small real data from ../shared/data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+SHARED_DATA = Path(os.environ.get("LIGHTNING_DA_SHARED_DATA", ROOT.parent / "shared" / "data"))
+OFFICE_IMAGES = SHARED_DATA / "office_caltech10" / "images"
+
+# quick-run overrides: a few steps, small evaluation, no progress bar
+QUICK = ["trainer.max_epochs=1", "data.iters_per_epoch=4", "data.batch_size=16", "trainer.enable_progress_bar=false",
+         "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2", "data.eval_batch_size=64",
+         "trainer.log_every_n_steps=1"]
+
+
+def needs_shared(path: Path):
+    return pytest.mark.skipif(not path.exists(), reason=f"{path} not available")
+
+
+def make_cfg(tmp_path: Path, overrides: list[str]):
+    """Compose conf/train.yaml as run.py would, with outputs under tmp_path."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(tmp_path)
+        cfg.hydra.runtime.output_dir = str(tmp_path)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def office_subset(tmp_path_factory) -> Path:
+    """A small ImageFolder copy of Office-Caltech10 (amazon and webcam, 3 images per class, symlinked)."""
+    if not OFFICE_IMAGES.exists():
+        pytest.skip(f"{OFFICE_IMAGES} not available")
+    root = tmp_path_factory.mktemp("office_caltech10")
+    for domain in ("amazon", "webcam"):
+        for cls in sorted(os.listdir(OFFICE_IMAGES / domain)):
+            (root / domain / cls).mkdir(parents=True)
+            for name in sorted(os.listdir(OFFICE_IMAGES / domain / cls))[:3]:
+                (root / domain / cls / name).symlink_to(OFFICE_IMAGES / domain / cls / name)
+    return root

@@ -1,0 +1,83 @@
+import pytest
+import torch
+
+from lightning_da.models import BACKBONES, Bottleneck, DomainDiscriminator, build_backbone
+from lightning_da.norm import DomainAwareNorm, DomainSplitError, domain_split
+
+
+@pytest.mark.parametrize("name,size,channels,out", [("lenet", 28, 1, 800), ("lenet", 32, 3, 1250), ("lenet_bn", 28, 1, 768),
+                                                    ("lenet_bn", 32, 1, 1200), ("dtn", 32, 3, 4096)])
+def test_digit_cnns_out_features(name, size, channels, out):
+    net = build_backbone(name, in_channels=channels, input_size=size)
+    assert net.out_features == out
+    assert net(torch.randn(2, channels, size, size)).shape == (2, out)
+
+
+def test_resnet_from_torchvision_without_weights():
+    net = build_backbone("resnet18", pretrained=False)
+    assert net.out_features == 512 and net(torch.randn(2, 3, 64, 64)).shape == (2, 512)
+
+
+def test_efficientnet_lite0_imagenet_weights_load_offline():
+    net = build_backbone("efficientnet_lite0", pretrained=True).eval()
+    random = build_backbone("efficientnet_lite0", pretrained=False)
+    assert net.out_features == 1280
+    assert not torch.equal(net.net._conv_stem.weight, random.net._conv_stem.weight)
+    # ImageNet BN statistics came with the weights
+    assert net.net._bn0.running_var.std() > 0
+
+
+def test_timm_model_by_name_and_freeze():
+    net = build_backbone("timm/resnet18", pretrained=False, freeze=True)
+    assert net.out_features == 512 and not any(p.requires_grad for p in net.parameters())
+
+
+def test_unknown_backbone_lists_available():
+    with pytest.raises(ValueError, match="available") as err:
+        build_backbone("resnet7")
+    assert all(name in str(err.value) for name in BACKBONES)
+
+
+def test_unfetchable_weights_say_what_where_and_how(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setattr("torch.hub.load_state_dict_from_url", lambda *a, **k: (_ for _ in ()).throw(OSError("offline")))
+    with pytest.raises(RuntimeError) as err:
+        build_backbone("resnet18", pretrained=True)
+    msg = str(err.value)
+    assert "resnet18" in msg and "download.pytorch.org" in msg and "backbone.weights_path" in msg
+
+
+def test_weights_path_loads_a_local_file(tmp_path):
+    src = build_backbone("resnet18", pretrained=False)
+    torch.save(src.body.state_dict(), tmp_path / "w.pth")
+    net = build_backbone("resnet18", pretrained=True, weights_path=str(tmp_path / "w.pth"))
+    torch.testing.assert_close(net.body.conv1.weight, src.body.conv1.weight)
+    with pytest.raises(FileNotFoundError, match="not a file"):
+        build_backbone("resnet18", weights_path=str(tmp_path / "missing.pth"))
+
+
+def test_heads_shapes():
+    assert Bottleneck(10, 0).out_features == 10
+    b = Bottleneck(10, 6, batch_norm=True, dropout=0.5, init="xavier")
+    assert b(torch.randn(4, 10)).shape == (4, 6) and b.out_features == 6
+    assert DomainDiscriminator(6, hidden=8)(torch.randn(4, 6)).shape == (4,)
+
+
+class SplitRecorder(DomainAwareNorm):
+    def forward(self, x):
+        if self.training:
+            self.seen = self.require_split(len(x))
+        return x
+
+
+def test_domain_split_contract():
+    layer = SplitRecorder()
+    net = torch.nn.Sequential(torch.nn.Identity(), layer)
+    with domain_split(net, 3):
+        net(torch.zeros(5, 2))
+    assert layer.seen == 3 and layer.n_source is None
+    with pytest.raises(DomainSplitError, match="without a domain split"):
+        net(torch.zeros(5, 2))
+    with pytest.raises(DomainSplitError, match="does not fit"):
+        with domain_split(net, 5):
+            net(torch.zeros(5, 2))

@@ -1,0 +1,102 @@
+"""Integration: every method through run.py's config composition on small real data, bf16, resume,
+2-process CPU DDP and a 2-job multirun."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import MissingConfigException
+
+from conftest import QUICK, ROOT, make_cfg
+from lightning_da.train import lookup, train
+
+pytestmark = pytest.mark.slow
+METHODS = ["source_only", "dann", "cdan"]
+
+
+def check_results(res: dict, steps: int):
+    assert res["steps"] == steps
+    for part in ("last", "best"):
+        assert 0.0 <= res[part]["test/target_acc"] <= 1.0
+        assert 0.0 <= res[part]["test/target_acc_mean_class"] <= 1.0
+    assert res["best"]["monitor"] == "val/source_acc" and not res["best"]["oracle"]
+    assert Path(res["output_dir"], "results.json").exists()
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_on_bundled_digits(tmp_path, method):
+    res = train(make_cfg(tmp_path, [f"method={method}", *QUICK]))
+    check_results(res, 4)
+    assert "val/target_acc" in res["history"][0] and res["oracle"]["epoch"] == 0
+
+
+def test_cdan_without_entropy_and_extra_losses(tmp_path):
+    cfg = make_cfg(tmp_path, ["method=cdan", "method.entropy_conditioning=false", "+method.extra_losses.entropy=0.1",
+                              "+method.extra_losses.mcc=0.5", "logger=many", *QUICK])
+    res = train(cfg)
+    check_results(res, 4)
+    header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
+    for name in ("train/loss_entropy", "train/loss_mcc", "train/grl_coeff", "train/loss_transfer", "lr-SGD/backbone"):
+        assert name in header
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_on_office_caltech_images(tmp_path, office_subset, method):
+    cfg = make_cfg(tmp_path, [f"method={method}", "data=office_caltech10", f"data.root={office_subset}", "backbone=efficientnet_lite0",
+                              "data.domain_args.transform.resize=72", "data.domain_args.transform.crop=64", "data.num_workers=0",
+                              "data.pin_memory=false", "data.persistent_workers=false", "data.source_holdout=0.2",
+                              "method.lr_mult.backbone=0.1", *QUICK, "data.batch_size=8"])
+    res = train(cfg)
+    check_results(res, 4)
+    assert res["task"] == "amazon->webcam"
+
+
+def test_bf16_mixed_on_cpu(tmp_path):
+    res = train(make_cfg(tmp_path, ["method=dann", "trainer.precision=bf16-mixed", *QUICK]))
+    check_results(res, 4)
+    assert res["precision"] == "bf16-mixed"
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    first = train(make_cfg(tmp_path / "a", ["method=dann", *QUICK]))
+    last = first["last"]["checkpoint"]
+    res = train(make_cfg(tmp_path / "b", ["method=dann", *QUICK, "trainer.max_epochs=2", f"ckpt_path={last}"]))
+    assert res["steps"] == 8 and res["epochs"] == 2
+    assert [h["epoch"] for h in res["history"]] == [0, 1]  # the history of the first run came back with it
+
+
+def test_monitor_without_source_split_is_refused(tmp_path, office_subset):
+    cfg = make_cfg(tmp_path, ["data=office_caltech10", f"data.root={office_subset}", "data.source_holdout=0", "backbone=lenet",
+                              "backbone.in_channels=3", "backbone.input_size=28", *QUICK])
+    with pytest.raises(ValueError, match="source_holdout"):
+        train(cfg)
+
+
+def test_unknown_method_lists_available(tmp_path):
+    with pytest.raises(MissingConfigException) as err:
+        make_cfg(tmp_path, ["method=dan"])
+    assert "dann" in str(err.value) and "cdan" in str(err.value)
+
+
+def run_py(args, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_ddp_two_cpu_processes(tmp_path):
+    out = run_py(["trainer=ddp_cpu", f"hydra.run.dir={tmp_path}", *QUICK], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["world_size"] == 2 and res["steps"] == 4
+    assert 0 < res["last"]["test/target_acc"] <= 1
+
+
+def test_multirun_two_jobs(tmp_path):
+    out = run_py(["-m", "seed=0,1", f"hydra.sweep.dir={tmp_path}", *QUICK], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [json.loads((tmp_path / str(i) / "results.json").read_text()) for i in (0, 1)]
+    assert [r["seed"] for r in results] == [0, 1]
+    assert lookup(results[0], "best.monitor_value") == results[0]["best"]["monitor_value"]
