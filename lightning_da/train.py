@@ -136,6 +136,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 if oracle:
                     final["hp/oracle/val_target_acc"] = oracle[ORACLE_METRIC]
                 lg.log_hyperparams(_flat(cfg), metrics=final)
+                lg.finalize("success")  # flush the event file now
         print(summary(results))
     return results
 

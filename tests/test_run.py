@@ -31,6 +31,24 @@ def test_methods_on_bundled_digits(tmp_path, method):
     res = train(make_cfg(tmp_path, [f"method={method}", *QUICK]))
     check_results(res, 4)
     assert "val/target_acc" in res["history"][0] and res["oracle"]["epoch"] == 0
+    tags = tensorboard_tags(tmp_path / "tensorboard")
+    for tag in ("train/loss", "train/loss_cls", "train/loss_transfer", "val/target_acc", "val/target_acc_mean_class",
+                "val/source_acc", "lr-SGD/backbone", "hp/last/target_acc", "hp/best/target_acc"):
+        assert tag in tags["scalars"], tag
+    assert ("train/grl_coeff" in tags["scalars"]) == (method != "source_only")
+    assert tags["hparams"]
+
+
+def tensorboard_tags(folder: Path) -> dict:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    scalars, hparams = set(), False
+    for events in folder.rglob("events.out.tfevents.*"):
+        acc = EventAccumulator(str(events))
+        acc.Reload()
+        scalars |= set(acc.Tags()["scalars"])
+        hparams |= "_hparams_/session_start_info" in acc.summary_metadata
+    return {"scalars": scalars, "hparams": hparams}
 
 
 def test_cdan_without_entropy_and_extra_losses(tmp_path):
@@ -100,3 +118,11 @@ def test_multirun_two_jobs(tmp_path):
     results = [json.loads((tmp_path / str(i) / "results.json").read_text()) for i in (0, 1)]
     assert [r["seed"] for r in results] == [0, 1]
     assert lookup(results[0], "best.monitor_value") == results[0]["best"]["monitor_value"]
+    from lightning_da.report import collect, markdown, table
+
+    rows = table(collect(tmp_path))
+    assert len(rows) == 1 and rows[0]["seeds"] == 2
+    accs = [100 * r["last"]["test/target_acc"] for r in results]
+    mean = sum(accs) / 2
+    assert rows[0]["last"].startswith(f"{mean:.2f} ± ")
+    assert "| DANN | mnist->usps | 2 |" in markdown(rows)

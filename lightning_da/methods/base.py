@@ -57,7 +57,7 @@ class DAMethod(L.LightningModule):
                  classifier_init: str = "default", lr_mult: dict | None = None, extra_losses: dict | None = None,
                  trade_off: float = 1.0, channels_last: bool = False, compile: bool = False):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "norm"])
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "norm"], logger=False)
         self.backbone = backbone
         self.bottleneck = Bottleneck(backbone.out_features, **(bottleneck or {}))
         self.classifier = Classifier(self.bottleneck.out_features, num_classes, init=classifier_init)
