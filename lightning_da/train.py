@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import resource
 import time
 from typing import Any
@@ -44,10 +45,12 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     callbacks.append(MetricHistory())
     monitor = cfg.get("monitor")
-    if monitor and monitor.startswith("val/") and monitor.split("/")[1].split("_acc")[0] not in datamodule.eval_names:
-        raise ValueError(f"monitor={monitor} needs an evaluation split named {monitor.split('/')[1].split('_acc')[0]!r}, "
-                         f"but this data has {datamodule.eval_names}; hold out source data with data.source_holdout=0.1, "
-                         "pick another monitor, or monitor=null to report the last checkpoint only")
+    split = re.fullmatch(r"val/(\w+?)_acc(_mean_class)?", monitor or "")
+    if split and split.group(1) not in datamodule.eval_names:
+        available = [f"val/{n}_acc" for n in datamodule.eval_names]
+        raise ValueError(f"monitor={monitor} needs an evaluation split named {split.group(1)!r}, but this data evaluates "
+                         f"{datamodule.eval_names} (monitors {available}); hold out source data with "
+                         "data.source_holdout=0.1, pick another monitor, or monitor=null to report the last checkpoint only")
     if monitor:
         callbacks.append(ModelCheckpoint(
             dirpath=os.path.join(cfg.paths.output_dir, "checkpoints"), monitor=cfg.monitor, mode=cfg.monitor_mode,
@@ -110,8 +113,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "method": type(model).__name__, "task": f"{'+'.join(datamodule.source_names)}->{datamodule.target_name}",
         "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision), "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
     }
+    final = os.path.join(cfg.paths.output_dir, "checkpoints", "final.ckpt")
+    trainer.save_checkpoint(final)  # the weights after the last step (last.ckpt is written at validation)
     if cfg.get("test", True):
-        results["last"] = {"checkpoint": ckpt.last_model_path, **_test(trainer, model, datamodule, ckpt.last_model_path)}
+        results["last"] = {"checkpoint": final, **_test(trainer, model, datamodule, final)}
         if cfg.get("monitor") and ckpt.best_model_path:
             best = history.best(cfg.monitor, cfg.monitor_mode) or {}
             results["best"] = {"monitor": cfg.monitor, "oracle": cfg.monitor.startswith("val/target"),
@@ -131,11 +136,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             json.dump(results, fh, indent=2)
         for lg in trainer.loggers:
             if isinstance(lg, TensorBoardLogger):
-                final = {f"hp/{part}/{k.split('/', 1)[1]}": v for part in ("last", "best")
-                         for k, v in results.get(part, {}).items() if k.startswith("test/")}
+                final_metrics = {f"hp/{part}/{k.split('/', 1)[1]}": v for part in ("last", "best")
+                                 for k, v in results.get(part, {}).items() if k.startswith("test/")}
                 if oracle:
-                    final["hp/oracle/val_target_acc"] = oracle[ORACLE_METRIC]
-                lg.log_hyperparams(_flat(cfg), metrics=final)
+                    final_metrics["hp/oracle/val_target_acc"] = oracle[ORACLE_METRIC]
+                lg.log_hyperparams(_flat(cfg), metrics=final_metrics)
                 lg.finalize("success")  # flush the event file now
         print(summary(results))
     return results

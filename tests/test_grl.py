@@ -45,6 +45,15 @@ def test_layer_uses_step_and_auto_step():
     assert layer.step == 501  # no stepping in eval mode
 
 
+def test_step_travels_with_the_state_dict():
+    layer = GradientReversal(alpha=1.0, max_iters=1000, auto_step=True)
+    for _ in range(7):
+        layer(torch.ones(1))
+    fresh = GradientReversal(alpha=1.0, max_iters=1000, auto_step=True)
+    fresh.load_state_dict(layer.state_dict())
+    assert fresh.step == 7 and fresh.coeff == layer.coeff
+
+
 def test_fixed_coefficient():
     layer = GradientReversal(alpha=None, hi=0.7)
     x = torch.ones(2, requires_grad=True)

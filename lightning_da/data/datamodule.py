@@ -127,6 +127,9 @@ class DADataModule(L.LightningDataModule):
         return names
 
     def setup(self, stage: str | None = None) -> None:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.world_size > 1 and trainer._accelerator_connector.use_distributed_sampler:
+            raise ValueError("DADataModule shards its own samplers across processes: set trainer.use_distributed_sampler=false")
         for n, (train, _) in zip(self.source_names, self.source_splits):
             if len(train) < self.batch_size:
                 raise DataError(f"source {n!r} has {len(train)} training samples, fewer than batch_size={self.batch_size}")

@@ -46,7 +46,8 @@ def _digits_domain(name, train, test, image_size, channels, **info) -> Domain:
 def _require(path: str, layout: str) -> None:
     if not os.path.exists(path):
         raise DataError(f"data path {os.path.abspath(path)!r} does not exist; expected {layout}. "
-                        "Set data.domain_args.root (or download=true where the dataset supports it).")
+                        "Set data.root=<folder> (or paths.data_dir / the LIGHTNING_DA_DATA variable), or "
+                        "data.domain_args.download=true where the dataset supports it.")
 
 
 def mnist(root: str, image_size: int = 28, channels: int = 1, download: bool = False, **_) -> Domain:

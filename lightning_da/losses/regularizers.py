@@ -4,7 +4,8 @@ Each term maps the target logits of the current batch to a scalar to minimise:
 
 * ``entropy``: ``mean_i H(p_i)`` (conditional entropy minimisation).
 * ``im``: information maximisation, ``mean_i H(p_i) - H(mean_i p_i)`` (confident and diverse).
-* ``bnm``: batch nuclear-norm maximisation (Cui et al. 2020), ``-||P||_* / B``.
+* ``bnm``: batch nuclear-norm maximisation (Cui et al. 2020) as its official code computes it,
+  ``-mean(singular values of P)`` = ``-||P||_* / min(B, C)`` (the paper writes ``/ B``).
 * ``mcc``: minimum class confusion (Jin et al. 2020) at temperature T = 2.5:
   ``p = softmax(z / T)``, ``w_i = B (1 + exp(-H(p_i))) / sum_j (1 + exp(-H(p_j)))``,
   ``C = P^T diag(w) P`` with rows normalised to sum 1, loss ``(sum C - trace C) / num_classes``.
@@ -26,7 +27,7 @@ def information_maximization(logits: torch.Tensor, eps: float = 1e-5) -> torch.T
 
 
 def batch_nuclear_norm(logits: torch.Tensor) -> torch.Tensor:
-    return -torch.linalg.matrix_norm(F.softmax(logits, dim=1), ord="nuc") / logits.shape[0]
+    return -torch.linalg.svdvals(F.softmax(logits, dim=1)).mean()
 
 
 def minimum_class_confusion(logits: torch.Tensor, temperature: float = 2.5) -> torch.Tensor:

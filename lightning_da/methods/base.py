@@ -47,10 +47,15 @@ class DAMethod(L.LightningModule):
     lr_mult: learning-rate multiplier per top-level module name (``backbone``, ``bottleneck``, ...).
     extra_losses: extra terms on the target logits, ``{name: weight}`` (see ``losses.regularizers``).
     trade_off: weight of the method's transfer loss.
+    channels_last: keep the model and image batches in ``channels_last`` memory format (GPU convnets).
+    compile: ``torch.compile`` the backbone in place when fitting starts (``nn.Module.compile``;
+        checkpoints keep their usual keys).
     """
 
     #: the method forwards ``[source; target]`` in one call and declares the split to the norm layers
     splits_domains: bool = True
+    #: the method's training step reads ``batch["sources"]`` (several source domains)
+    supports_multi_source: bool = False
 
     def __init__(self, backbone: nn.Module, num_classes: int, optimizer: Callable, scheduler: Callable | None = None,
                  norm: Callable[[nn.Module], nn.Module] | None = None, bottleneck: dict | None = None,
@@ -63,7 +68,8 @@ class DAMethod(L.LightningModule):
         self.classifier = Classifier(self.bottleneck.out_features, num_classes, init=classifier_init)
         self.build_heads()
         if norm is not None:
-            norm(self)
+            for module in self.norm_modules():
+                norm(module)
         if domain_aware_layers(self) and not self.splits_domains:
             raise DomainSplitError(f"{type(self).__name__} cannot split its batches by domain, so it cannot use a "
                                    "domain-aware norm (dsbn/transnorm/rn); use norm=bn or adabn")
@@ -73,11 +79,15 @@ class DAMethod(L.LightningModule):
         self.trade_off = trade_off
         self.eval_metrics = nn.ModuleDict()
         self.num_classes = num_classes
-        self._compiled = None
 
     # ------------------------------------------------------------------ model
     def build_heads(self) -> None:
         """Subclasses add their discriminators / extra heads here (norm conversion runs after)."""
+
+    def norm_modules(self) -> list[nn.Module]:
+        """The modules whose BatchNorm layers the ``norm`` choice replaces: the feature path that
+        :meth:`forward_domains` runs inside the domain split (not discriminators)."""
+        return [self.backbone, self.bottleneck]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last and x.ndim == 4:
@@ -126,11 +136,18 @@ class DAMethod(L.LightningModule):
         grl.schedule_over_training = max_iters is None
         return grl
 
+    def total_steps(self, what: str) -> int:
+        steps = self.trainer.estimated_stepping_batches
+        if steps == float("inf"):
+            raise ValueError(f"{what} runs over the whole training, which has no length here: "
+                             "set trainer.max_steps or trainer.max_epochs")
+        return max(int(steps), 1)
+
     def on_train_start(self) -> None:
         self._stepped_grls = [m for m in self.modules() if isinstance(m, GradientReversal) and not m.auto_step]
         for m in self._stepped_grls:
             if m.schedule_over_training:
-                m.max_iters = max(int(self.trainer.estimated_stepping_batches), 1)
+                m.max_iters = self.total_steps("the GRL progress schedule (grl.max_iters: null)")
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         for m in self._stepped_grls:
@@ -142,7 +159,18 @@ class DAMethod(L.LightningModule):
         return dm.eval_names if dm is not None and hasattr(dm, "eval_names") else ["target"]
 
     def setup(self, stage: str) -> None:
-        """Metrics per stage and evaluation loader (before DDP wraps the module)."""
+        """Memory format, compilation, and metrics per stage and evaluation loader (before DDP wraps
+        the module)."""
+        dm = getattr(self.trainer, "datamodule", None)
+        if stage == "fit" and getattr(dm, "multi_source", False) and not self.supports_multi_source:
+            raise ValueError(f"{type(self).__name__} trains on one source domain, but data.source lists "
+                             f"{dm.source_names}; give one source (the combined-source baselines come with the "
+                             "multi-source methods)")
+        if self.hparams.channels_last:
+            self.to(memory_format=torch.channels_last)
+        if self.hparams.compile and stage == "fit" and not getattr(self, "_compiled", False):
+            self.backbone.compile()
+            self._compiled = True
         for st in ("val", "test"):
             for name in self._eval_names():
                 if f"{st}_{name}" not in self.eval_metrics:
@@ -177,6 +205,6 @@ class DAMethod(L.LightningModule):
             return optimizer
         kwargs = {}
         if "total_steps" in inspect.signature(self.scheduler_factory).parameters and "total_steps" not in self.scheduler_factory.keywords:
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+            kwargs["total_steps"] = self.total_steps("the learning-rate schedule")
         scheduler = self.scheduler_factory(optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

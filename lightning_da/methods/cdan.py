@@ -12,6 +12,10 @@ The discriminator sees the multilinear map of features and (detached) prediction
   ``losses.adversarial.entropy_weights``), as in the CDAN / RN code.
 
 The GRL coefficient defaults to the CDAN / RN ``calc_coeff``: alpha 10 over 10,000 iterations.
+The default heads are TLlib's (discriminator with BatchNorm, no dropout; learning-rate multiplier 1;
+PyTorch's default classifier init). The original CDAN / RN network is
+``discriminator: {hidden: 1024, batch_norm: false, dropout: 0.5}``, ``lr_mult`` 10 on the
+bottleneck, classifier and discriminator, ``classifier_init: xavier`` (pinned by the RN experiments).
 """
 
 from __future__ import annotations
@@ -48,7 +52,8 @@ class CDAN(DAMethod):
         return multilinear_map(features, probs)
 
     def transfer_loss(self, features, logits, n_source):
+        coeff = self.grl.coeff  # before the GRL call, which may step a warm-start schedule
         probs = F.softmax(logits, dim=1).detach()
         d = self.discriminator(self.grl(self.conditioning(features, probs)))
-        weights = entropy_weights(logits, n_source, self.grl.coeff) if self.entropy_conditioning else None
-        return cdan_loss(d, n_source, weights), {"train/grl_coeff": self.grl.coeff}
+        weights = entropy_weights(logits, n_source, coeff) if self.entropy_conditioning else None
+        return cdan_loss(d, n_source, weights), {"train/grl_coeff": coeff}

@@ -27,5 +27,6 @@ class DANN(DAMethod):
         self.discriminator = DomainDiscriminator(self.bottleneck.out_features, **self._disc_cfg)
 
     def transfer_loss(self, features, logits, n_source):
+        coeff = self.grl.coeff  # before the GRL call, which may step a warm-start schedule
         d = self.discriminator(self.grl(features))
-        return dann_loss(d[:n_source], d[n_source:]), {"train/grl_coeff": self.grl.coeff}
+        return dann_loss(d[:n_source], d[n_source:]), {"train/grl_coeff": coeff}

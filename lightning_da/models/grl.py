@@ -69,5 +69,11 @@ class GradientReversal(nn.Module):
             self.step += 1
         return out
 
+    def get_extra_state(self) -> dict:
+        return {"step": self.step, "max_iters": self.max_iters}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.step, self.max_iters = state["step"], state["max_iters"]
+
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, max_iters={self.max_iters}, lo={self.lo}, hi={self.hi}, auto_step={self.auto_step}"
