@@ -7,6 +7,7 @@ epoch with the highest target accuracy, which uses target labels and is labelled
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -106,15 +107,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     datamodule, model, trainer = build(cfg)
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    history = next(c for c in trainer.callbacks if isinstance(c, MetricHistory))
+    # snapshot now: testing a checkpoint restores callback states, the history included
+    history = copy.deepcopy(next(c for c in trainer.callbacks if isinstance(c, MetricHistory)))
     ckpt = trainer.checkpoint_callback
 
     results: dict[str, Any] = {
         "method": type(model).__name__, "task": f"{'+'.join(datamodule.source_names)}->{datamodule.target_name}",
         "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision), "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
     }
+    # the weights after the last step: Lightning refreshes last.ckpt only when it saves a top-k checkpoint
     final = os.path.join(cfg.paths.output_dir, "checkpoints", "final.ckpt")
-    trainer.save_checkpoint(final)  # the weights after the last step (last.ckpt is written at validation)
+    trainer.save_checkpoint(final)
     if cfg.get("test", True):
         results["last"] = {"checkpoint": final, **_test(trainer, model, datamodule, final)}
         if cfg.get("monitor") and ckpt.best_model_path:

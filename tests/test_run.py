@@ -72,6 +72,17 @@ def test_methods_on_office_caltech_images(tmp_path, office_subset, method):
     assert res["task"] == "amazon->webcam"
 
 
+def test_last_is_the_final_weights_and_history_survives_testing(tmp_path):
+    # monitor_mode=min makes epoch 0 the "best", so testing it restores an older callback state
+    res = train(make_cfg(tmp_path, ["method=source_only", *QUICK, "data.iters_per_epoch=10", "trainer.max_epochs=3",
+                                    "monitor_mode=min", "trainer.limit_val_batches=null", "trainer.limit_test_batches=null"]))
+    assert [h["epoch"] for h in res["history"]] == [0, 1, 2]
+    assert res["last"]["checkpoint"].endswith("final.ckpt")
+    # the target evaluation split is the same for validation and test: the last test repeats epoch 2's validation
+    assert res["last"]["test/target_acc"] == pytest.approx(res["history"][-1]["val/target_acc"], abs=1e-6)
+    assert res["best"]["test/target_acc"] == pytest.approx(res["history"][res["best"]["epoch"]]["val/target_acc"], abs=1e-6)
+
+
 def test_bf16_mixed_on_cpu(tmp_path):
     res = train(make_cfg(tmp_path, ["method=dann", "trainer.precision=bf16-mixed", *QUICK]))
     check_results(res, 4)
