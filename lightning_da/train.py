@@ -52,12 +52,12 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         raise ValueError(f"monitor={monitor} needs an evaluation split named {split.group(1)!r}, but this data evaluates "
                          f"{datamodule.eval_names} (monitors {available}); hold out source data with "
                          "data.source_holdout=0.1, pick another monitor, or monitor=null to report the last checkpoint only")
-    if monitor:
-        callbacks.append(ModelCheckpoint(
-            dirpath=os.path.join(cfg.paths.output_dir, "checkpoints"), monitor=cfg.monitor, mode=cfg.monitor_mode,
-            save_last=True, save_top_k=1, filename="best-epoch{epoch:03d}", auto_insert_metric_name=False))
-    else:
-        callbacks.append(ModelCheckpoint(dirpath=os.path.join(cfg.paths.output_dir, "checkpoints"), save_last=True, save_top_k=0))
+    ckpt_dir = os.path.join(cfg.paths.output_dir, "checkpoints")
+    if monitor:  # first, so that trainer.checkpoint_callback is the best-by-monitor one
+        callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode=cfg.monitor_mode, save_top_k=1,
+                                         filename="best-epoch{epoch:03d}", auto_insert_metric_name=False))
+    # last.ckpt after every epoch, for resuming (Lightning's save_last only follows top-k saves)
+    callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, enable_version_counter=False))
     loggers = [instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
@@ -115,12 +115,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "method": type(model).__name__, "task": f"{'+'.join(datamodule.source_names)}->{datamodule.target_name}",
         "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision), "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
     }
-    # the weights after the last step: Lightning refreshes last.ckpt only when it saves a top-k checkpoint
+    # the weights after the last step (last.ckpt is written at epoch ends, not after a max_steps stop)
     final = os.path.join(cfg.paths.output_dir, "checkpoints", "final.ckpt")
     trainer.save_checkpoint(final)
     if cfg.get("test", True):
         results["last"] = {"checkpoint": final, **_test(trainer, model, datamodule, final)}
-        if cfg.get("monitor") and ckpt.best_model_path:
+        if cfg.get("monitor") and ckpt.monitor and ckpt.best_model_path:
             best = history.best(cfg.monitor, cfg.monitor_mode) or {}
             results["best"] = {"monitor": cfg.monitor, "oracle": cfg.monitor.startswith("val/target"),
                                "monitor_value": float(ckpt.best_model_score), "epoch": best.get("epoch"),
