@@ -113,7 +113,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "method": type(model).__name__, "task": f"{'+'.join(datamodule.source_names)}->{datamodule.target_name}",
-        "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision), "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
+        "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision),
+        "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
     }
     # the weights after the last step (last.ckpt is written at epoch ends, not after a max_steps stop)
     final = os.path.join(cfg.paths.output_dir, "checkpoints", "final.ckpt")

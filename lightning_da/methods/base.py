@@ -68,8 +68,8 @@ class DAMethod(L.LightningModule):
         self.classifier = Classifier(self.bottleneck.out_features, num_classes, init=classifier_init)
         self.build_heads()
         if norm is not None:
-            for module in self.norm_modules():
-                norm(module)
+            for name in self.norm_modules():
+                setattr(self, name, norm(getattr(self, name)))
         if domain_aware_layers(self) and not self.splits_domains:
             raise DomainSplitError(f"{type(self).__name__} cannot split its batches by domain, so it cannot use a "
                                    "domain-aware norm (dsbn/transnorm/rn); use norm=bn or adabn")
@@ -84,10 +84,10 @@ class DAMethod(L.LightningModule):
     def build_heads(self) -> None:
         """Subclasses add their discriminators / extra heads here (norm conversion runs after)."""
 
-    def norm_modules(self) -> list[nn.Module]:
-        """The modules whose BatchNorm layers the ``norm`` choice replaces: the feature path that
-        :meth:`forward_domains` runs inside the domain split (not discriminators)."""
-        return [self.backbone, self.bottleneck]
+    def norm_modules(self) -> list[str]:
+        """Names of the modules whose BatchNorm layers the ``norm`` choice replaces: the feature path
+        that :meth:`forward_domains` runs inside the domain split (not discriminators)."""
+        return ["backbone", "bottleneck"]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last and x.ndim == 4:
