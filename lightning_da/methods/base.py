@@ -135,7 +135,12 @@ class DAMethod(L.LightningModule):
         and logged on these steps; nothing is lost, training scalars are logged per step only.
         """
         trainer = self._trainer
-        return trainer is None or (self.global_step + 1) % max(trainer.log_every_n_steps, 1) == 0
+        if trainer is None:
+            return True
+        # batches that stepped, as Lightning's logger counts them (global_step counts every
+        # optimiser step, several per batch under manual optimisation)
+        batches = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", self.global_step)
+        return (batches + 1) % max(trainer.log_every_n_steps, 1) == 0
 
     def log_train(self, metrics: dict) -> None:
         """Log training scalars (``stage/name``); ``train/loss`` also goes to the progress bar."""
@@ -218,8 +223,11 @@ class DAMethod(L.LightningModule):
         optimizer = self.optimizer_factory(param_groups(modules, base_lr, self.lr_mult))
         if self.scheduler_factory is None:
             return optimizer
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.make_scheduler(optimizer), "interval": "step"}}
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer):
+        """The configured schedule for ``optimizer`` (given the run's length if it asks for ``total_steps``)."""
         kwargs = {}
         if "total_steps" in inspect.signature(self.scheduler_factory).parameters and "total_steps" not in self.scheduler_factory.keywords:
             kwargs["total_steps"] = self.total_steps("the learning-rate schedule")
-        scheduler = self.scheduler_factory(optimizer, **kwargs)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return self.scheduler_factory(optimizer, **kwargs)

@@ -74,3 +74,42 @@ class DomainDiscriminator(nn.Sequential):
 
     def forward(self, x):
         return super().forward(x).squeeze(-1)
+
+
+class MLPClassifier(nn.Sequential):
+    """Bi-classifier head: ``[Dropout -> Linear(h) -> BN -> ReLU]`` per hidden width, then
+    ``[Dropout ->] Linear(C)``.
+
+    CGDM's ResClassifier is ``hidden=(1000, 1000), dropout=0.5, dropout_last=False``; the CGDM/MCD
+    LeNet classifier is ``hidden=(100, 100), dropout=0.5, dropout_last=True``. ``init="normal"``
+    draws Linear weights and biases from N(0, 0.01^2) and BN weights from N(1, 0.01^2) with zero
+    bias (CGDM's ``weights_init``); ``"default"`` keeps PyTorch's.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] | list[int] = (1000, 1000),
+                 batch_norm: bool = True, dropout: float = 0.5, dropout_last: bool = False, init: str = "default"):
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            layers.append(nn.Linear(width, h))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(h))
+            layers.append(nn.ReLU(inplace=True))
+            width = h
+        if dropout and dropout_last:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(width, num_classes))
+        super().__init__(*layers)
+        self.out_features = num_classes
+        if init == "normal":
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    nn.init.normal_(m.weight, 0.0, 0.01)
+                    nn.init.normal_(m.bias, 0.0, 0.01)
+                elif isinstance(m, nn.BatchNorm1d):
+                    nn.init.normal_(m.weight, 1.0, 0.01)
+                    nn.init.zeros_(m.bias)
+        elif init != "default":
+            raise ValueError(f"unknown init {init!r}; choose default or normal")

@@ -1,0 +1,88 @@
+"""MCD: each of the three steps updates exactly the parameters it should, and the method trains
+through run.py's composition."""
+
+from functools import partial
+
+import pytest
+import torch
+
+from conftest import QUICK, make_cfg
+from lightning_da.methods import MCD
+from lightning_da.models import build_backbone
+from lightning_da.train import train
+
+
+def make_mcd():
+    torch.manual_seed(0)
+    model = MCD(build_backbone("lenet"), 10, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9),
+                bottleneck={"dim": 64}, head={"hidden": [32], "dropout": 0.0}, num_k=2)
+    model.manual_backward = lambda loss: loss.backward()  # no trainer in these unit tests
+    opt_g, opt_f = model.configure_optimizers()
+    batch = {"source": (torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))),
+             "target": (torch.randn(8, 1, 28, 28), torch.arange(8))}
+    return model, opt_g, opt_f, batch
+
+
+def changed(model, before) -> set[str]:
+    return {name.split(".")[0] for name, p in model.named_parameters() if not torch.equal(p, before[name])}
+
+
+def snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("step,expected", [("a", {"backbone", "bottleneck", "classifier", "classifier2"}),
+                                           ("b", {"classifier", "classifier2"}),
+                                           ("c", {"backbone", "bottleneck"})])
+def test_each_step_updates_exactly_its_parameters(step, expected):
+    model, opt_g, opt_f, batch = make_mcd()
+    before = snapshot(model)
+    if step == "a":
+        model.step_a(batch, opt_g, opt_f)
+    elif step == "b":
+        model.step_b(batch, opt_f)
+    else:
+        model.step_c(batch, opt_g)
+    assert changed(model, before) == expected
+
+
+def test_step_b_maximises_and_step_c_minimises_the_discrepancy():
+    from lightning_da.losses.bi_classifier import classifier_discrepancy
+
+    model, opt_g, opt_f, batch = make_mcd()
+    model.eval()  # deterministic forward to compare before/after
+    xs, xt = batch["source"][0], batch["target"][0]
+
+    def disc():
+        with torch.no_grad():
+            _, z1, z2 = model.forward_heads(xs, xt)
+            return classifier_discrepancy(z1[8:], z2[8:]).item()
+
+    d0 = disc()
+    model.step_b(batch, opt_f)
+    d1 = disc()
+    model.step_c(batch, opt_g)
+    assert d1 > d0 and disc() < d1
+
+
+def test_prediction_sums_the_heads():
+    model, *_ = make_mcd()
+    model.eval()
+    x = torch.randn(3, 1, 28, 28)
+    f = model.features(x)
+    torch.testing.assert_close(model(x), model.classifier(f) + model.classifier2(f))
+
+
+def test_unknown_lr_mult_name_is_refused():
+    model, *_ = make_mcd()
+    model.lr_mult = {"discriminator": 10.0}
+    with pytest.raises(ValueError, match="unknown modules"):
+        model.configure_optimizers()
+
+
+@pytest.mark.slow
+def test_mcd_trains_through_run_py(tmp_path):
+    res = train(make_cfg(tmp_path, ["method=mcd", "method.bottleneck.dim=128", "method.head.hidden=[64]", *QUICK,
+                                    "+method.extra_losses.entropy=0.1", "trainer.precision=bf16-mixed"]))
+    assert res["steps"] == 4 * 7  # one optimiser step each in A and B, num_k=4 in C, per batch
+    assert 0 <= res["last"]["test/target_acc"] <= 1 and 0 <= res["best"]["test/target_acc"] <= 1
