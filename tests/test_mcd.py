@@ -84,5 +84,5 @@ def test_unknown_lr_mult_name_is_refused():
 def test_mcd_trains_through_run_py(tmp_path):
     res = train(make_cfg(tmp_path, ["method=mcd", "method.bottleneck.dim=128", "method.head.hidden=[64]", *QUICK,
                                     "+method.extra_losses.entropy=0.1", "trainer.precision=bf16-mixed"]))
-    assert res["steps"] == 4 * 7  # one optimiser step each in A and B, num_k=4 in C, per batch
+    assert res["steps"] == 4 * 7  # optimiser steps per batch: 2 in A (G and heads), 1 in B, num_k=4 in C
     assert 0 <= res["last"]["test/target_acc"] <= 1 and 0 <= res["best"]["test/target_acc"] <= 1

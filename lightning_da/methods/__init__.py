@@ -2,8 +2,9 @@
 
 from lightning_da.methods.base import DAMethod
 from lightning_da.methods.cdan import CDAN
+from lightning_da.methods.cgdm import CGDM
 from lightning_da.methods.dann import DANN
 from lightning_da.methods.mcd import MCD
 from lightning_da.methods.source_only import SourceOnly
 
-__all__ = ["DAMethod", "CDAN", "DANN", "MCD", "SourceOnly"]
+__all__ = ["DAMethod", "CDAN", "CGDM", "DANN", "MCD", "SourceOnly"]

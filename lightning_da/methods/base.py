@@ -56,13 +56,15 @@ class DAMethod(L.LightningModule):
     splits_domains: bool = True
     #: the method's training step reads ``batch["sources"]`` (several source domains)
     supports_multi_source: bool = False
+    #: constructor arguments that are objects, not hyper-parameters (kept out of checkpoints)
+    hparams_ignore: tuple[str, ...] = ()
 
     def __init__(self, backbone: nn.Module, num_classes: int, optimizer: Callable, scheduler: Callable | None = None,
                  norm: Callable[[nn.Module], nn.Module] | None = None, bottleneck: dict | None = None,
                  classifier_init: str = "default", lr_mult: dict | None = None, extra_losses: dict | None = None,
                  trade_off: float = 1.0, channels_last: bool = False, compile: bool = False):
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "norm"], logger=False)
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "norm", *self.hparams_ignore], logger=False)
         self.backbone = backbone
         self.bottleneck = Bottleneck(backbone.out_features, **(bottleneck or {}))
         self.classifier = Classifier(self.bottleneck.out_features, num_classes, init=classifier_init)

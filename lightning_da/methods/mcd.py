@@ -24,11 +24,13 @@ from lightning_da.losses.bi_classifier import classifier_discrepancy
 from lightning_da.methods.base import DAMethod
 from lightning_da.models.heads import MLPClassifier
 from lightning_da.norm import domain_split
+from lightning_da.pseudo_labels import target_indices
 from lightning_da.optim import param_groups
 
 
 class MCD(DAMethod):
     automatic_optimization = False
+    hparams_ignore = ("generator_optimizer",)
 
     def __init__(self, *args, num_k: int = 4, w_dis: float = 1.0, head: dict | None = None,
                  generator_optimizer=None, **kwargs):
@@ -57,8 +59,14 @@ class MCD(DAMethod):
         """Extra loss of step ``"A"``, ``"B"`` or ``"C"`` (MCD adds none; CGDM adds its terms)."""
         return f.new_zeros(()), {}
 
+    @staticmethod
+    def unpack(batch: dict):
+        """``x_s, y_s, x_t`` of a ``{"source": (x, y), "target": (x, idx)}`` batch."""
+        (xs, ys), (xt, _) = batch["source"], target_indices(batch["target"])
+        return xs, ys, xt
+
     def step_a(self, batch, opt_g, opt_f) -> dict:
-        (xs, ys), (xt, _) = batch["source"], batch["target"]
+        xs, ys, xt = self.unpack(batch)
         f, z1, z2 = self.forward_heads(xs, xt)
         ns = len(xs)
         loss_cls = F.cross_entropy(z1[:ns], ys) + F.cross_entropy(z2[:ns], ys)
@@ -73,7 +81,7 @@ class MCD(DAMethod):
         return {"train/loss_cls": loss_cls.detach(), **logs}
 
     def step_b(self, batch, opt_f) -> dict:
-        (xs, ys), (xt, _) = batch["source"], batch["target"]
+        xs, ys, xt = self.unpack(batch)
         f, z1, z2 = self.forward_heads(xs, xt, generator_grad=False)
         ns = len(xs)
         disc = classifier_discrepancy(z1[ns:], z2[ns:])
@@ -85,7 +93,7 @@ class MCD(DAMethod):
         return {"train/discrepancy_heads": disc.detach(), **logs}
 
     def step_c(self, batch, opt_g) -> dict:
-        (xs, _), (xt, _) = batch["source"], batch["target"]
+        xs, _, xt = self.unpack(batch)
         logs = {}
         for _ in range(self.num_k):
             f, z1, z2 = self.forward_heads(xs, xt)
