@@ -21,6 +21,7 @@ def make_cgdm(**kw):
     model.manual_backward = lambda loss: loss.backward()
     model.pseudo_labels = PseudoLabelStore(8, 10)
     model.pseudo_labels.replace_all(torch.arange(8) % 10)
+    model._pseudo_ready = True
     opt_g, opt_f = model.configure_optimizers()
     batch = {"source": (torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))),
              "target": (torch.randn(8, 1, 28, 28), torch.arange(8))}
@@ -41,7 +42,7 @@ def test_step_terms_by_step():
     assert set(model.step_terms("A", f, z1, z2, 8, batch)[1]) == {"train/loss_entropy", "train/loss_pseudo"}
     assert set(model.step_terms("B", f, z1, z2, 8, batch)[1]) == {"train/loss_entropy"}
     assert set(model.step_terms("C", f, z1, z2, 8, batch)[1]) == {"train/loss_entropy", "train/loss_gd"}
-    model.pseudo_labels.clear()  # before pseudo labels exist: entropy only
+    model._pseudo_ready = False  # before pseudo labels exist: entropy only
     assert set(model.step_terms("A", f, z1, z2, 8, batch)[1]) == {"train/loss_entropy"}
 
 

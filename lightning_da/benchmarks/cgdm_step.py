@@ -37,6 +37,7 @@ def make(cls, **kw):
         model.pseudo_labels = PseudoLabelStore(64, 10)
         model.pseudo_labels.replace_all(torch.randint(0, 10, (64,)))
         model.pseudo_cfg["start_epoch"] = 0
+        model._pseudo_ready = True
     return model
 
 

@@ -47,6 +47,7 @@ class CGDM(MCD):
         self.pseudo_cfg = {"start_epoch": 1, "interval": None, "rounds": 2, "batch_size": 64, "eval_transform": False,
                            **(pseudo or {})}
         self.pseudo_labels: PseudoLabelStore | None = None
+        self._pseudo_ready = False
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -89,7 +90,8 @@ class CGDM(MCD):
 
     # ------------------------------------------------------------------ pseudo labels
     def pseudo_active(self) -> bool:
-        return self.current_epoch >= self.pseudo_cfg["start_epoch"] and self.pseudo_labels.has_labels
+        # a Python flag, not store.has_labels: no device sync in the step
+        return self.current_epoch >= self.pseudo_cfg["start_epoch"] and self._pseudo_ready
 
     def on_train_epoch_start(self) -> None:
         if self.current_epoch >= self.pseudo_cfg["start_epoch"]:
@@ -118,4 +120,5 @@ class CGDM(MCD):
 
         feats, probs, idx = predict_dataset(forward, loader, self.device, indexed=True)
         self.pseudo_labels.update(idx, cluster_pseudo_labels(feats, probs, rounds=self.pseudo_cfg["rounds"]))
+        self._pseudo_ready = True
         self.train(was_training)
