@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
@@ -20,6 +21,16 @@ OFFICE_IMAGES = SHARED_DATA / "office_caltech10" / "images"
 QUICK = ["trainer.max_epochs=1", "data.iters_per_epoch=4", "data.batch_size=16", "trainer.enable_progress_bar=false",
          "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2", "data.eval_batch_size=64",
          "trainer.log_every_n_steps=1"]
+
+
+def snapshot(model) -> dict:
+    """A copy of every parameter, to see later which ones a step changed."""
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def changed(model, before: dict) -> set[str]:
+    """Top-level module names whose parameters differ from ``snapshot``."""
+    return {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, before[n])}
 
 
 def needs_shared(path: Path):

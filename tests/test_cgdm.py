@@ -6,7 +6,7 @@ from functools import partial
 import pytest
 import torch
 
-from conftest import QUICK, make_cfg
+from conftest import QUICK, changed, make_cfg, snapshot
 from lightning_da.methods import CGDM
 from lightning_da.models import build_backbone
 from lightning_da.pseudo_labels import PseudoLabelStore
@@ -26,14 +26,6 @@ def make_cgdm(**kw):
     batch = {"source": (torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))),
              "target": (torch.randn(8, 1, 28, 28), torch.arange(8))}
     return model, opt_g, opt_f, batch
-
-
-def changed(model, before):
-    return {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-
-
-def snapshot(model):
-    return {n: p.detach().clone() for n, p in model.named_parameters()}
 
 
 def test_step_terms_by_step():

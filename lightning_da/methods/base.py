@@ -99,13 +99,17 @@ class DAMethod(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
-    def forward_domains(self, *xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Forward ``cat(xs)`` (source first, target last) in one call, telling domain-aware norms
-        that the first ``len(xs[0])`` rows are source; returns features and logits."""
+    def features_domains(self, *xs: torch.Tensor) -> torch.Tensor:
+        """Features of ``cat(xs)`` (source first, target last) in one call, telling domain-aware
+        norms that the rows before the last tensor are source."""
         x = torch.cat(xs) if len(xs) > 1 else xs[0]
         with domain_split(self, sum(len(t) for t in xs[:-1])):
-            f = self.features(x)
-            return f, self.classifier(f)
+            return self.features(x)
+
+    def forward_domains(self, *xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and logits of ``cat(xs)``, forwarded as :meth:`features_domains`."""
+        f = self.features_domains(*xs)
+        return f, self.classifier(f)
 
     # ------------------------------------------------------------------ training
     def transfer_loss(self, features: torch.Tensor, logits: torch.Tensor, n_source: int) -> tuple[torch.Tensor, dict]:

@@ -23,7 +23,6 @@ import torch.nn.functional as F
 from lightning_da.losses.bi_classifier import classifier_discrepancy
 from lightning_da.methods.base import DAMethod
 from lightning_da.models.heads import MLPClassifier
-from lightning_da.norm import domain_split
 from lightning_da.pseudo_labels import target_indices
 from lightning_da.optim import param_groups
 
@@ -51,8 +50,8 @@ class MCD(DAMethod):
     # ------------------------------------------------------------------ the three steps
     def forward_heads(self, xs: torch.Tensor, xt: torch.Tensor, generator_grad: bool = True):
         """Features and both heads' logits of ``[x_s; x_t]`` (one generator call, domain split declared)."""
-        with torch.set_grad_enabled(generator_grad and torch.is_grad_enabled()), domain_split(self, len(xs)):
-            f = self.features(torch.cat([xs, xt]))
+        with torch.set_grad_enabled(generator_grad and torch.is_grad_enabled()):
+            f = self.features_domains(xs, xt)
         return f, self.classifier(f), self.classifier2(f)
 
     def step_terms(self, step: str, f, z1, z2, ns: int, batch: dict) -> tuple[torch.Tensor, dict]:
