@@ -1,7 +1,7 @@
 """Time per training batch of CGDM against MCD, and of the gradient discrepancy against a naive
 per-parameter implementation.
 
-    python -m lightning_da.benchmarks.cgdm_step [--batches 30] [--threads 2]
+    python -m lightning_da.benchmarks.cgdm_step [--batches 30] [--threads 2] [--channels-last]
 
 Both methods use the digits setting of ``conf/experiment/cgdm_digits_m2u.yaml`` (LeNetBN at 32 px,
 heads 100-100, num_k 4, batch 32 + 32) on random inputs, with CGDM's pseudo labels filled so that
@@ -28,10 +28,12 @@ from lightning_da.pseudo_labels import PseudoLabelStore
 HEAD = {"hidden": [100, 100], "dropout": 0.5, "dropout_last": True}
 
 
-def make(cls, **kw):
+def make(cls, channels_last: bool = False, **kw):
     torch.manual_seed(0)
     model = cls(build_backbone("lenet_bn", input_size=32), 10, optimizer=partial(torch.optim.SGD, lr=1e-3, momentum=0.9),
-                bottleneck={"dim": 0}, head=HEAD, num_k=4, **kw)
+                bottleneck={"dim": 0}, head=HEAD, num_k=4, channels_last=channels_last, **kw)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
     model.manual_backward = lambda loss: loss.backward()
     if isinstance(model, CGDM):
         model.pseudo_labels = PseudoLabelStore(64, 10)
@@ -87,9 +89,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batches", type=int, default=30)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--channels-last", action="store_true", help="model and batches in channels_last memory format")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    mcd, cgdm = time_batches(make(MCD), args.batches), time_batches(make(CGDM), args.batches)
+    cl = args.channels_last
+    mcd, cgdm = time_batches(make(MCD, cl), args.batches), time_batches(make(CGDM, cl), args.batches)
     print(f"MCD:  {1000 * mcd:.1f} ms per batch (A + B + 4 x C)")
     print(f"CGDM: {1000 * cgdm:.1f} ms per batch  -> {cgdm / mcd:.2f}x MCD")
     ours, naive = time_gd(gradient_discrepancy, args.batches), time_gd(naive_gradient_discrepancy, args.batches)

@@ -1,0 +1,70 @@
+"""Run the digits MCD / CGDM results grid (README "Digits" table): every method x task x seed as
+its own ``run.py`` process, ``--workers`` at a time with one CPU thread each.
+
+    python -m lightning_da.benchmarks.digits_grid --out bench_out/digits [--workers 2] \
+        [--methods cgdm mcd] [--tasks m2u u2m mnistm] [--seeds 0 1 2] [--data ../shared/data] [-- extra overrides]
+
+A run whose ``results.json`` exists is skipped; one that stopped part-way resumes from its
+``checkpoints/last.ckpt``, so the grid can be spread over several sittings. Summarise with
+``python -m lightning_da.report <out>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+TASKS = {  # task -> overrides on top of the method's digits experiment
+    "m2u": ["data.source=mnist", "data.target=usps", "data.domain_args.channels=1"],
+    "u2m": ["data.source=usps", "data.target=mnist", "data.domain_args.channels=1"],
+    "mnistm": ["data.source=mnist", "data.target=mnist_m", "data.domain_args.channels=3"],
+}
+EXPERIMENTS = {"cgdm": "cgdm_digits_m2u", "mcd": "mcd_digits"}
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def command(method: str, task: str, seed: int, run_dir: Path, data: str, extra: list[str]) -> list[str]:
+    cmd = [sys.executable, str(ROOT / "run.py"), f"experiment={EXPERIMENTS[method]}", *TASKS[task],
+           f"seed={seed}", f"paths.data_dir={data}", f"hydra.run.dir={run_dir}", *extra]
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if last.exists():
+        cmd.append(f"ckpt_path={last}")
+    return cmd
+
+
+def run_one(job: tuple[str, str, int], args) -> str:
+    method, task, seed = job
+    run_dir = Path(args.out).resolve() / f"{method}_{task}" / f"seed{seed}"
+    if (run_dir / "results.json").exists():
+        return f"skip {run_dir} (done)"
+    run_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    cmd = command(method, task, seed, run_dir, args.data, args.overrides)
+    print("start", " ".join(cmd[1:]), flush=True)
+    with open(run_dir / "stdout.log", "a") as log:
+        rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    return f"{'done' if rc == 0 else f'FAILED (exit {rc})'} {run_dir}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench_out/digits")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--methods", nargs="+", default=["cgdm", "mcd"], choices=list(EXPERIMENTS))
+    ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=list(TASKS))
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--data", default=os.environ.get("LIGHTNING_DA_DATA", "data"))
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (after --)")
+    args = ap.parse_args()
+    jobs = [(m, t, s) for t in args.tasks for s in args.seeds for m in args.methods]
+    with ThreadPoolExecutor(args.workers) as pool:
+        for line in pool.map(lambda job: run_one(job, args), jobs):
+            print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()
