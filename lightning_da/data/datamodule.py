@@ -161,6 +161,14 @@ class DADataModule(L.LightningDataModule):
         loaders["target"] = target
         return CombinedLoader(loaders, mode="min_size")
 
+    def target_pass_loader(self, eval_transform: bool = True, batch_size: int | None = None) -> DataLoader:
+        """Every target training sample once, in dataset order, as ``(x, index)`` batches (pseudo
+        labelling, AdaBN statistics); ``eval_transform`` picks the deterministic test-time transform."""
+        d = self.domains[self.target_name]
+        dataset = d.train_eval if eval_transform else d.train
+        return DataLoader(WithIndex(dataset), batch_size=batch_size or self.eval_batch_size, shuffle=False,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory)
+
     def eval_sets(self) -> list[Dataset]:
         return [self.target_eval_set] + [held for _, held in self.source_splits if held is not None]
 

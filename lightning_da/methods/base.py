@@ -30,7 +30,8 @@ from torchmetrics.classification import MulticlassAccuracy
 from lightning_da.losses import ExtraLoss
 from lightning_da.models.grl import GradientReversal
 from lightning_da.models.heads import Bottleneck, Classifier
-from lightning_da.norm import DomainSplitError, domain_aware_layers, domain_split
+from lightning_da.norm import (DomainSplitError, ReciprocalNorm, adabn_layers, adapt_batchnorm, clamp_norm_gates,
+                               domain_aware_layers, domain_split)
 from lightning_da.optim import param_groups
 
 
@@ -170,6 +171,7 @@ class DAMethod(L.LightningModule):
         return max(int(steps), 1)
 
     def on_train_start(self) -> None:
+        self._attach_gate_clamp()
         self._stepped_grls = [m for m in self.modules() if isinstance(m, GradientReversal) and not m.auto_step]
         for m in self._stepped_grls:
             if m.schedule_over_training:
@@ -179,7 +181,33 @@ class DAMethod(L.LightningModule):
         for m in self._stepped_grls:
             m.step = self.global_step
 
+    def _attach_gate_clamp(self) -> None:
+        """RN's gates are clamped to [0.5, 1] after every optimiser step, automatic or manual: a
+        post-step hook on each optimiser (registered once per optimiser)."""
+        if not any(isinstance(m, ReciprocalNorm) for m in self.modules()):
+            return
+        for opt in self.trainer.optimizers:
+            if not getattr(opt, "_clamps_norm_gates", False):
+                opt.register_step_post_hook(lambda *_: clamp_norm_gates(self))
+                opt._clamps_norm_gates = True
+
     # ------------------------------------------------------------------ evaluation
+    def on_validation_epoch_start(self) -> None:
+        self._adapt_batchnorm()
+
+    def on_test_epoch_start(self) -> None:
+        self._adapt_batchnorm()
+
+    def _adapt_batchnorm(self) -> None:
+        """``norm=adabn``: before each evaluation, re-estimate the BatchNorm statistics on the whole
+        target train set (test-time transform, every rank the same data, so ranks agree)."""
+        layers = adabn_layers(self)
+        if not layers or self.trainer.sanity_checking:
+            return
+        dm = self.trainer.datamodule
+        batches = (x.to(self.device) for x, _ in dm.target_pass_loader(eval_transform=True))
+        adapt_batchnorm(self, self.features, batches, layers)
+
     def _eval_names(self) -> list[str]:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         return dm.eval_names if dm is not None and hasattr(dm, "eval_names") else ["target"]

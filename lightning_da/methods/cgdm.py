@@ -27,9 +27,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-from lightning_da.data import WithIndex
 from lightning_da.losses.bi_classifier import cgdm_entropy, gradient_discrepancy, weighted_cross_entropy
 from lightning_da.methods.mcd import MCD
 from lightning_da.pseudo_labels import PseudoLabelStore, cluster_pseudo_labels, predict_dataset, target_indices
@@ -106,11 +104,7 @@ class CGDM(MCD):
     @torch.no_grad()
     def refresh_pseudo_labels(self) -> None:
         """Cluster the whole target train set and store one label per sample."""
-        dm = self.trainer.datamodule
-        domain = dm.domains[dm.target_name]
-        dataset = domain.train_eval if self.pseudo_cfg["eval_transform"] else domain.train
-        loader = DataLoader(WithIndex(dataset), batch_size=self.pseudo_cfg["batch_size"], shuffle=False,
-                            num_workers=dm.num_workers)
+        loader = self.trainer.datamodule.target_pass_loader(self.pseudo_cfg["eval_transform"], self.pseudo_cfg["batch_size"])
         was_training = self.training
         self.eval()
 

@@ -24,7 +24,7 @@ from lightning_da.losses.bi_classifier import classifier_discrepancy
 from lightning_da.methods.base import DAMethod
 from lightning_da.models.heads import MLPClassifier
 from lightning_da.pseudo_labels import target_indices
-from lightning_da.optim import param_groups
+from lightning_da.optim import NORM_GATES, param_groups
 
 
 class MCD(DAMethod):
@@ -125,7 +125,7 @@ class MCD(DAMethod):
 
     def configure_optimizers(self):
         heads = [("classifier", self.classifier), ("classifier2", self.classifier2)]
-        unknown = sorted(set(self.lr_mult) - {n for n, _ in [*self.generator_modules(), *heads]})
+        unknown = sorted(set(self.lr_mult) - {n for n, _ in [*self.generator_modules(), *heads]} - {NORM_GATES})
         if unknown:
             raise ValueError(f"lr_mult names unknown modules {unknown}; {type(self).__name__} optimises "
                              f"{[n for n, _ in [*self.generator_modules(), *heads]]}")
@@ -140,5 +140,5 @@ class MCD(DAMethod):
         return [opt_g, opt_f], schedulers
 
     def _known_mults(self, modules) -> dict:
-        names = {n for n, _ in modules}
+        names = {n for n, _ in modules} | {NORM_GATES}
         return {k: v for k, v in self.lr_mult.items() if k in names}

@@ -1,64 +1,79 @@
 """Normalization layers and the conversion of a built network (the ``norm`` config group).
 
-``convert_norm(module, kind)`` replaces the BatchNorm layers of a built network with the chosen
-kind, carrying pretrained weights and running statistics over. ``bn`` keeps BatchNorm as it is.
+``convert_norm(module, kind)`` replaces the BatchNorm layers (1-d, 2-d, 3-d; timm's BatchNormAct
+keeps its activation) of a built network with ``kind`` and carries the pretrained affine and
+running statistics over:
 
-The domain-split contract. A domain-aware layer (DSBN, TransNorm, RN) must know which rows of a
-training batch are source and which are target. A method forwards ``[source; target]`` in one call
-inside ``domain_split(net, n_source)``; every :class:`DomainAwareNorm` in ``net`` then sees
-``self.n_source``. A domain-aware layer that runs in training mode without a split raises
-:class:`DomainSplitError`. In evaluation mode they normalise with the target statistics.
+* ``bn``: BatchNorm as built (nothing changes).
+* ``adabn``: BatchNorm in training; before every evaluation the running statistics are re-estimated
+  on the target data (:mod:`lightning_da.norm.adabn`). Any method can use it.
+* ``dsbn``, ``transnorm``, ``rn``: domain-aware norms (:class:`DSBN`, :class:`TransNorm`,
+  :class:`ReciprocalNorm`). They need the domain split (see :mod:`lightning_da.norm.base`); a method
+  that cannot give it refuses them.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
+import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from lightning_da.norm.adabn import adabn_layers, adapt_batchnorm, mark_adabn
+from lightning_da.norm.base import DomainAwareNorm, DomainSplitError, TwoDomainNorm, domain_aware_layers, domain_split
+from lightning_da.norm.dsbn import DSBN
+from lightning_da.norm.rn import ReciprocalNorm
+from lightning_da.norm.transnorm import TransNorm
+
+DOMAIN_NORMS: dict[str, type[TwoDomainNorm]] = {"dsbn": DSBN, "transnorm": TransNorm, "rn": ReciprocalNorm}
+NORMS = ("bn", "adabn", *DOMAIN_NORMS)
+
+__all__ = ["DSBN", "NORMS", "DomainAwareNorm", "DomainSplitError", "ReciprocalNorm", "TransNorm", "TwoDomainNorm",
+           "adabn_layers", "adapt_batchnorm", "clamp_norm_gates", "convert_norm", "domain_aware_layers", "domain_split",
+           "mark_adabn"]
 
 
-class DomainSplitError(RuntimeError):
-    """A domain-aware norm ran without knowing where the source rows end."""
+def convert_norm(module: nn.Module, kind: str = "bn", rn1d_uniform_gamma: bool = True, **options) -> nn.Module:
+    """Replace the BatchNorm layers of ``module`` by ``kind`` and return it (in place where possible;
+    a bare BatchNorm ``module`` is returned converted).
 
-
-class DomainAwareNorm(nn.Module):
-    """Base for norms with per-domain statistics. ``n_source`` is set by :func:`domain_split`."""
-
-    n_source: int | None = None
-
-    def require_split(self, batch_size: int) -> int:
-        if self.n_source is None:
-            raise DomainSplitError(
-                f"{type(self).__name__} got a training batch of {batch_size} rows without a domain split. "
-                "Forward [source; target] inside lightning_da.norm.domain_split(net, n_source), or use norm=bn."
-            )
-        if not 0 < self.n_source < batch_size:
-            raise DomainSplitError(f"{type(self).__name__}: domain split {self.n_source} does not fit a batch of {batch_size}")
-        return self.n_source
-
-
-def domain_aware_layers(module: nn.Module) -> list[DomainAwareNorm]:
-    return [m for m in module.modules() if isinstance(m, DomainAwareNorm)]
-
-
-@contextmanager
-def domain_split(module: nn.Module, n_source: int):
-    """Tell every domain-aware norm in ``module`` that the first ``n_source`` rows are source."""
-    layers = domain_aware_layers(module)
-    for m in layers:
-        m.n_source = n_source
-    try:
-        yield
-    finally:
-        for m in layers:
-            m.n_source = None
-
-
-NORMS = ("bn",)
-
-
-def convert_norm(module: nn.Module, kind: str = "bn") -> nn.Module:
-    """Replace the BatchNorm layers of ``module`` by ``kind`` and return it. ``bn`` changes nothing."""
+    ``options`` go to the layer class (``shared_affine`` for dsbn, ``distance`` for rn).
+    ``rn1d_uniform_gamma`` (rn only, faithful default True): converted 1-d layers get gamma ~ U(0, 1),
+    the RN code's RN1d initialisation (its ``init_weights`` only matches "BatchNorm" class names), in
+    place of the BatchNorm's gamma.
+    """
     if kind not in NORMS:
         raise ValueError(f"unknown norm {kind!r}; available: {list(NORMS)}")
+    if kind == "bn":
+        if options:
+            raise ValueError(f"norm=bn takes no options, got {sorted(options)}")
+        return module
+    if kind == "adabn":
+        if options:
+            raise ValueError(f"norm=adabn takes no options, got {sorted(options)}")
+        return mark_adabn(module)
+    cls = DOMAIN_NORMS[kind]
+
+    def replace(bn: _BatchNorm) -> nn.Module:
+        layer = cls.from_batchnorm(bn, **options)
+        if kind == "rn" and rn1d_uniform_gamma and isinstance(bn, nn.BatchNorm1d) and layer.affine:
+            with torch.no_grad():
+                layer.weight.uniform_(0.0, 1.0)
+        act, drop = getattr(bn, "act", None), getattr(bn, "drop", None)  # timm BatchNormAct2d
+        extras = [m for m in (drop, act) if isinstance(m, nn.Module) and not isinstance(m, nn.Identity)]
+        return nn.Sequential(layer, *extras) if extras else layer
+
+    if isinstance(module, _BatchNorm):
+        return replace(module)
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, _BatchNorm):
+                setattr(parent, name, replace(child))
     return module
+
+
+@torch.no_grad()
+def clamp_norm_gates(module: nn.Module) -> None:
+    """Clamp the RN gates of every :class:`ReciprocalNorm` in ``module`` to their range (after a step)."""
+    for m in module.modules():
+        if isinstance(m, ReciprocalNorm):
+            m.clamp_gates()
