@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -283,7 +282,7 @@ def test_rn_gates_get_their_own_lr_group():
 
 @pytest.mark.parametrize("method", ["cdan", "mcd"])
 def test_rn_gates_are_clamped_after_every_step_in_training(tmp_path, method):
-    from conftest import QUICK, make_cfg, needs_shared, SHARED_DATA  # noqa: F401
+    from conftest import QUICK, make_cfg
     from lightning_da.train import train
 
     # a huge gate learning rate pushes the gates far out of range; the post-step clamp brings them back
