@@ -1,8 +1,11 @@
-"""Run the digits MCD / CGDM results grid (README "Digits" table): every method x task x seed as
-its own ``run.py`` process, ``--workers`` at a time with one CPU thread each.
+"""Run a digits results grid (README "Digits" tables): every method x task x seed as its own
+``run.py`` process, ``--workers`` at a time with one CPU thread each.
 
     python -m lightning_da.benchmarks.digits_grid --out bench_out/digits [--workers 2] \
         [--methods cgdm mcd] [--tasks m2u u2m mnistm] [--seeds 0 1 2] [--data ../shared/data] [-- extra overrides]
+
+Methods: ``cgdm``, ``mcd`` (the MCD / CGDM table) and ``cdan_e_<norm>`` for norm in bn, adabn, dsbn,
+transnorm, rn (the normalization table, ``experiment=norm_digits_cdan_e``).
 
 A run whose ``results.json`` exists is skipped; one that stopped part-way resumes from its
 ``checkpoints/last.ckpt``, so the grid can be spread over several sittings. Summarise with
@@ -23,12 +26,14 @@ TASKS = {  # task -> overrides on top of the method's digits experiment
     "u2m": ["data.source=usps", "data.target=mnist", "data.domain_args.channels=1"],
     "mnistm": ["data.source=mnist", "data.target=mnist_m", "data.domain_args.channels=3"],
 }
-EXPERIMENTS = {"cgdm": "cgdm_digits_m2u", "mcd": "mcd_digits"}
+EXPERIMENTS = {"cgdm": ["experiment=cgdm_digits_m2u"], "mcd": ["experiment=mcd_digits"],
+               **{f"cdan_e_{norm}": ["experiment=norm_digits_cdan_e", f"norm={norm}"]
+                  for norm in ("bn", "adabn", "dsbn", "transnorm", "rn")}}
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def command(method: str, task: str, seed: int, run_dir: Path, data: str, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, str(ROOT / "run.py"), f"experiment={EXPERIMENTS[method]}", *TASKS[task],
+    cmd = [sys.executable, str(ROOT / "run.py"), *EXPERIMENTS[method], *TASKS[task],
            f"seed={seed}", f"paths.data_dir={data}", f"hydra.run.dir={run_dir}", *extra]
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.exists():
