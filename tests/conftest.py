@@ -62,3 +62,36 @@ def office_subset(tmp_path_factory) -> Path:
             for name in sorted(os.listdir(OFFICE_IMAGES / domain / cls))[:3]:
                 (root / domain / cls / name).symlink_to(OFFICE_IMAGES / domain / cls / name)
     return root
+
+
+def link_images(src: Path, dst: Path, per_class: int = 2) -> list[tuple[str, int]]:
+    samples = []
+    for label, cls in enumerate(sorted(os.listdir(src))):
+        (dst / cls).mkdir(parents=True, exist_ok=True)
+        for name in sorted(os.listdir(src / cls))[:per_class]:
+            (dst / cls / name).symlink_to(src / cls / name)
+            samples.append((f"{cls}/{name}", label))
+    return samples
+
+
+@pytest.fixture(scope="session")
+def standins(tmp_path_factory):
+    """Tiny copies of Office-31, Office-Home, VisDA-2017, DomainNet and ImageCLEF in their layouts (10
+    classes, 2 images each, symlinked from Office-Caltech10)."""
+    if not OFFICE_IMAGES.exists():
+        pytest.skip(f"{OFFICE_IMAGES} not available")
+    root = tmp_path_factory.mktemp("standins")
+    amazon, webcam = OFFICE_IMAGES / "amazon", OFFICE_IMAGES / "webcam"
+    link_images(amazon, root / "office31" / "amazon" / "images")
+    link_images(webcam, root / "office31" / "webcam" / "images")
+    link_images(amazon, root / "office_home" / "Product")
+    link_images(webcam, root / "office_home" / "Clipart")
+    link_images(amazon, root / "visda2017" / "train")
+    link_images(webcam, root / "visda2017" / "validation")
+    link_images(amazon, root / "domainnet" / "real")
+    link_images(webcam, root / "domainnet" / "sketch")
+    (root / "image_CLEF" / "list").mkdir(parents=True)
+    for dom, src in (("i", amazon), ("p", webcam)):
+        samples = link_images(src, root / "image_CLEF" / dom)
+        (root / "image_CLEF" / "list" / f"{dom}List.txt").write_text("".join(f"{dom}/{p} {y}\n" for p, y in samples))
+    return root

@@ -2,12 +2,9 @@
 the image ones on small stand-ins in each dataset's layout built from Office-Caltech10 images
 (ResNets without their ImageNet weights, which cannot be fetched here, at 64 px)."""
 
-import os
-from pathlib import Path
-
 import pytest
 
-from conftest import OFFICE_IMAGES, QUICK, SHARED_DATA, make_cfg, needs_shared
+from conftest import QUICK, SHARED_DATA, make_cfg, needs_shared
 from lightning_da.train import train
 
 pytestmark = pytest.mark.slow
@@ -21,36 +18,6 @@ def test_digits_experiments(tmp_path, name):
     few = [o for o in FEW if "pseudo" not in o] if name.startswith("mcd") else FEW
     res = train(make_cfg(tmp_path, [f"experiment={name}", f"paths.data_dir={SHARED_DATA}", *few]))
     assert res["steps"] == 2 * 4 and 0 <= res["last"]["test/target_acc"] <= 1
-
-
-def link_images(src: Path, dst: Path, per_class: int = 2) -> list[tuple[str, int]]:
-    samples = []
-    for label, cls in enumerate(sorted(os.listdir(src))):
-        (dst / cls).mkdir(parents=True, exist_ok=True)
-        for name in sorted(os.listdir(src / cls))[:per_class]:
-            (dst / cls / name).symlink_to(src / cls / name)
-            samples.append((f"{cls}/{name}", label))
-    return samples
-
-
-@pytest.fixture(scope="module")
-def standins(tmp_path_factory):
-    """Tiny copies of Office-31, VisDA-2017, DomainNet and ImageCLEF in their layouts (10 classes)."""
-    if not OFFICE_IMAGES.exists():
-        pytest.skip(f"{OFFICE_IMAGES} not available")
-    root = tmp_path_factory.mktemp("standins")
-    amazon, webcam = OFFICE_IMAGES / "amazon", OFFICE_IMAGES / "webcam"
-    link_images(amazon, root / "office31" / "amazon" / "images")
-    link_images(webcam, root / "office31" / "webcam" / "images")
-    link_images(amazon, root / "visda2017" / "train")
-    link_images(webcam, root / "visda2017" / "validation")
-    link_images(amazon, root / "domainnet" / "real")
-    link_images(webcam, root / "domainnet" / "sketch")
-    (root / "image_CLEF" / "list").mkdir(parents=True)
-    for dom, src in (("i", amazon), ("p", webcam)):
-        samples = link_images(src, root / "image_CLEF" / dom)
-        (root / "image_CLEF" / "list" / f"{dom}List.txt").write_text("".join(f"{dom}/{p} {y}\n" for p, y in samples))
-    return root
 
 
 @pytest.mark.parametrize("name,folder", [("cgdm_office31", "office31"), ("cgdm_visda", "visda2017"),
