@@ -1,6 +1,9 @@
 """Collect ``results.json`` files under a folder into a table: mean and std over seeds per method and task.
 
-    python -m lightning_da.report <runs or multirun folder> [--csv table.csv]
+    python -m lightning_da.report <runs or multirun folder> [--csv table.csv] [--by-folder]
+
+Runs are grouped by method (with its norm when that is not ``bn``) and task; ``--by-folder`` groups
+by each run folder's parent instead (the ``<label>_<task>/seed<N>`` layout of the grid runners).
 
 Columns: target test accuracy of the last checkpoint, of the best checkpoint by the run's monitor
 (named), and the oracle best validation target accuracy (selected with target labels).
@@ -32,10 +35,17 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(pct):.2f} ± {std:.2f}"
 
 
-def table(runs: list[dict]) -> list[dict]:
+def label(run: dict, by_folder: bool = False) -> str:
+    if by_folder:
+        return Path(run["output_dir"]).parent.name
+    norm = run.get("norm", "bn")
+    return run["method"] if norm == "bn" else f"{run['method']} + {norm}"
+
+
+def table(runs: list[dict], by_folder: bool = False) -> list[dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
-        groups[(r["method"], r["task"])].append(r)
+        groups[(label(r, by_folder), r["task"])].append(r)
     rows = []
     for (method, task), rs in sorted(groups.items()):
         monitors = sorted({r["best"]["monitor"] for r in rs if "best" in r})
@@ -61,11 +71,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder")
     ap.add_argument("--csv", default=None, help="also write the table as CSV")
+    ap.add_argument("--by-folder", action="store_true", help="group by the run folder's parent, not method and norm")
     args = ap.parse_args()
     runs = collect(args.folder)
     if not runs:
         raise SystemExit(f"no results.json under {args.folder}")
-    rows = table(runs)
+    rows = table(runs, args.by_folder)
     print(markdown(rows))
     if args.csv:
         with open(args.csv, "w", newline="") as fh:

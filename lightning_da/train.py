@@ -113,7 +113,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "method": type(model).__name__, "task": f"{'+'.join(datamodule.source_names)}->{datamodule.target_name}",
-        "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision),
+        "norm": (cfg.get("norm") or {}).get("kind", "bn"), "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision),
         "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
     }
     # the weights after the last step (last.ckpt is written at epoch ends, not after a max_steps stop)
