@@ -42,7 +42,6 @@ class HDANet(DAMethod):
     """
 
     splits_domains = False
-    hparams_ignore = ("input_dims",)
 
     def __init__(self, input_dims: dict[str, int], num_classes: int, optimizer: Callable, scheduler: Callable | None = None,
                  backbone=None, norm=None, d_common: int = 256, layer: str = "double", normalize_features: bool = True,
