@@ -200,3 +200,33 @@ def test_stepwise_oracle_is_the_best_step_accuracy(tmp_path):
         accs.append(float((model(dm.eval_batch[0]).argmax(1) == dm.eval_batch[1]).float().mean()))
     stepwise = next(c for c in trainer.callbacks if type(c).__name__ == "StepwiseTargetAccuracy").result()
     assert np.isclose(stepwise["val/target_acc"], max(accs)) and accs[stepwise["step"]] == max(accs)
+
+
+@needs_shared(FEATURES)
+def test_surf_to_googlenet_with_random_split(tmp_path):
+    cfg = make_cfg(tmp_path, ["experiment=ssan_surf_googlenet", "data.source=dslr_surf", "data.target=webcam_googlenet",
+                              f"paths.data_dir={SHARED_DATA}", "data.split=2", *QUICK_HDA])
+    res = train(cfg)
+    assert res["task"] == "dslr_surf->webcam_googlenet" and 0.0 <= res["last"]["test/target_acc"] <= 1.0
+
+
+def test_shda_config_runs_on_the_shda_layout(tmp_path):
+    """The SHDA data is not available here: files in its layout, generated, check the config path
+    (split index passed to the target file's cells through ${data.split})."""
+    import scipy.io
+
+    rng = np.random.default_rng(0)
+    scipy.io.savemat(tmp_path / "src.mat", {"source_features": rng.random((24, 9)), "source_labels": np.arange(24)[:, None] % 3 + 1})
+    cells = {k: np.empty((1, 2), dtype=object) for k in ("training_features", "training_labels", "testing_features", "testing_labels")}
+    for i in range(2):
+        cells["training_features"][0, i], cells["training_labels"][0, i] = rng.random((6, 5)), (np.arange(6) % 3 + 1)[:, None]
+        cells["testing_features"][0, i], cells["testing_labels"][0, i] = rng.random((10 + i, 5)), (np.arange(10 + i) % 3 + 1)[:, None]
+    scipy.io.savemat(tmp_path / "tgt.mat", cells)
+    cfg = make_cfg(tmp_path / "run", ["experiment=ssan_shda", f"data.root={tmp_path}", "data.domains.source.path=src.mat",
+                                      "data.domains.target.path=tgt.mat", "data.split=1", *QUICK_HDA])
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data, _convert_="all")
+    assert len(dm.labeled_index) == 6 and len(dm.eval_batch[1]) == 11  # split 1's cells
+    assert dm.input_dims == {"source": 9, "target": 5}
+    assert train(cfg)["steps"] == 6
