@@ -1,0 +1,142 @@
+"""Run heterogeneous-DA tasks over N labelled-target splits (SSAN's "partitions") and report the
+mean and std of the last-step accuracy and of the best-over-training accuracy (ORACLE: selected
+with target labels, what the SSAN paper reported).
+
+    python -m lightning_da.benchmarks.hda_partitions --out bench_out/hda [--methods ssan hda_net target_only] \
+        [--tasks c2d c2w a2d a2w d2d d2w w2d w2w] [--splits 20 | --split-ids 0 5] [--data ../shared/data] \
+        [--report] [-- extra overrides, e.g. data.steps_per_epoch=1000]
+
+Each (method, task, split) is one :func:`lightning_da.train.train` call in this process (the
+library's Lightning path, full-batch DataModule), composed from ``conf/`` like ``run.py`` as
+``experiment=<task's experiment> method=<method> data.split=<i>``, written to
+``<out>/<method>_<task>/split<i>/results.json``; its checkpoints are deleted afterwards. A split
+whose results.json exists is skipped, so the grid can be spread over several sittings.
+``--report`` only aggregates what is there (``<out>/summary.json`` and a table).
+
+Tasks: the 8 SURF -> DeCAF6 tasks of specs/benchmarks.md section 2 (pre-drawn splits of the
+DeCAF6 files) and SURF -> GoogLeNet tasks ``<s>2<t>_googlenet`` (random 3 per class per split).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+LETTER = {"a": "amazon", "c": "caltech", "d": "dslr", "w": "webcam"}
+DECAF_TASKS = ["c2d", "c2w", "a2d", "a2w", "d2d", "d2w", "w2d", "w2w"]
+TASKS = {t: [f"experiment=ssan_surf_decaf_{t}"] for t in DECAF_TASKS}
+TASKS.update({f"{s}2{t}_googlenet": ["experiment=ssan_surf_googlenet", f"data.source={LETTER[s]}_surf",
+                                     f"data.target={LETTER[t]}_googlenet"] for s in "acdw" for t in "adw"})
+#: CDSPP (Pattern Recognition 2022) Table 3, SURF -> DeCAF6: SSAN as re-run by CDSPP (last
+#: iteration), STN, CDSPP (specs/benchmarks.md section 2)
+PUBLISHED = {"SSAN (CDSPP re-run)": [95.8, 94.2, 93.1, 93.1, 93.9, 82.6, 93.5, 95.0],
+             "STN": [94.4, 92.8, 95.0, 93.9, 94.4, 93.3, 93.9, 92.2],
+             "CDSPP": [95.6, 94.1, 95.7, 94.6, 93.5, 94.7, 95.7, 94.3]}
+
+
+def compose(overrides: list[str], out_dir: Path):
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out_dir)
+        cfg.hydra.runtime.output_dir = str(out_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+def run_split(method: str, task: str, split: int, args) -> Path:
+    from lightning_da.train import train
+
+    run_dir = Path(args.out).resolve() / f"{method}_{task}" / f"split{split}"
+    if (run_dir / "results.json").exists():
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    overrides = [*TASKS[task], f"method={method}", f"data.split={split}", f"paths.data_dir={args.data}",
+                 "logger=none", "callbacks=none", *args.overrides]
+    t0 = time.time()
+    train(compose(overrides, run_dir))
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    print(f"done {method} {task} split {split} in {time.time() - t0:.0f} s", flush=True)
+    return run_dir
+
+
+def _stats(values: list[float]) -> dict:
+    return {"mean": 100 * statistics.fmean(values), "std": 100 * statistics.pstdev(values) if len(values) > 1 else 0.0,
+            "n": len(values)}
+
+
+def summarise(out: Path) -> dict:
+    summary = {}
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
+        rows = [json.loads(f.read_text()) for f in sorted(folder.glob("split*/results.json"))]
+        if not rows:
+            continue
+        last = [r["last"]["test/target_acc"] for r in rows]
+        oracle = [r["oracle"]["val/target_acc"] for r in rows if "oracle" in r]
+        summary[folder.name] = {"last": _stats(last), "oracle_best": _stats(oracle) if oracle else None,
+                                "splits": [int(f.parent.name[5:]) for f in sorted(folder.glob("split*/results.json"))],
+                                "steps": rows[0]["steps"], "wall_time_s_mean": statistics.fmean(r["wall_time_s"] for r in rows)}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def table(summary: dict, methods: list[str], tasks: list[str]) -> str:
+    fmt = lambda s: f"{s['mean']:.1f} ± {s['std']:.1f} (n={s['n']})" if s else "-"  # noqa: E731
+    lines = ["| method | " + " | ".join(tasks) + " | avg |", "|---" * (len(tasks) + 2) + "|"]
+    for m in methods:
+        for part, label in (("last", "last"), ("oracle_best", "best over training, ORACLE")):
+            cells, means = [], []
+            for t in tasks:
+                s = summary.get(f"{m}_{t}", {}).get(part)
+                cells.append(fmt(s))
+                if s:
+                    means.append(s["mean"])
+            avg = f"{statistics.fmean(means):.1f}" if len(means) == len(tasks) else "-"
+            lines.append(f"| {m} ({label}) | " + " | ".join(cells) + f" | {avg} |")
+    if all(t in DECAF_TASKS for t in tasks):  # published numbers of the same tasks (average over them)
+        for name, vals in PUBLISHED.items():
+            picked = [vals[DECAF_TASKS.index(t)] for t in tasks]
+            lines.append(f"| {name} (published) | " + " | ".join(f"{v:.1f}" for v in picked) + f" | {statistics.fmean(picked):.1f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="bench_out/hda")
+    ap.add_argument("--methods", nargs="+", default=["ssan", "hda_net", "target_only"])
+    ap.add_argument("--tasks", nargs="+", default=DECAF_TASKS, choices=sorted(TASKS))
+    ap.add_argument("--splits", type=int, default=20, help="run splits 0..N-1")
+    ap.add_argument("--split-ids", type=int, nargs="+", help="run these splits instead")
+    ap.add_argument("--data", default=os.environ.get("LIGHTNING_DA_DATA", "data"), help="paths.data_dir")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    ap.add_argument("--report", action="store_true", help="only aggregate existing results")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides (after --)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.report:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        for split in (args.split_ids if args.split_ids is not None else range(args.splits)):
+            for task in args.tasks:
+                for method in args.methods:
+                    run_split(method, task, split, args)
+    print(table(summarise(out), args.methods, args.tasks))
+
+
+if __name__ == "__main__":
+    main()
