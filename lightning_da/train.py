@@ -29,6 +29,28 @@ log = logging.getLogger(__name__)
 ORACLE_METRIC = "val/target_acc"
 
 
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def compose_config(overrides: list[str], output_dir: str | os.PathLike, config_dir: str = CONF_DIR) -> DictConfig:
+    """Compose ``conf/train.yaml`` with ``overrides`` as ``run.py`` would, outside a Hydra app
+    (scripts, tests), with the run's outputs in ``output_dir``; ``train(cfg)`` can then run it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(output_dir)
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.hydra.job.num = 0
+    HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Instantiate the DataModule, the method (backbone and norm inside) and the trainer."""
     datamodule = instantiate(cfg.data, _convert_="all")

@@ -27,7 +27,6 @@ import statistics
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
 LETTER = {"a": "amazon", "c": "caltech", "d": "dslr", "w": "webcam"}
 DECAF_TASKS = ["c2d", "c2w", "a2d", "a2w", "d2d", "d2w", "w2d", "w2w"]
 TASKS = {t: [f"experiment=ssan_surf_decaf_{t}"] for t in DECAF_TASKS}
@@ -40,25 +39,8 @@ PUBLISHED = {"SSAN (CDSPP re-run)": [95.8, 94.2, 93.1, 93.1, 93.9, 82.6, 93.5, 9
              "CDSPP": [95.6, 94.1, 95.7, 94.6, 93.5, 94.7, 95.7, 94.3]}
 
 
-def compose(overrides: list[str], out_dir: Path):
-    from hydra import compose as hydra_compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
-
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = hydra_compose("train", overrides=overrides, return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(out_dir)
-        cfg.hydra.runtime.output_dir = str(out_dir)
-        cfg.hydra.job.num = 0
-    HydraConfig.instance().set_config(cfg)
-    return cfg
-
-
 def run_split(method: str, task: str, split: int, args) -> Path:
-    from lightning_da.train import train
+    from lightning_da.train import compose_config, train
 
     run_dir = Path(args.out).resolve() / f"{method}_{task}" / f"split{split}"
     if (run_dir / "results.json").exists():
@@ -67,7 +49,7 @@ def run_split(method: str, task: str, split: int, args) -> Path:
     overrides = [*TASKS[task], f"method={method}", f"data.split={split}", f"paths.data_dir={args.data}",
                  "logger=none", "callbacks=none", *args.overrides]
     t0 = time.time()
-    train(compose(overrides, run_dir))
+    train(compose_config(overrides, run_dir))
     shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     print(f"done {method} {task} split {split} in {time.time() - t0:.0f} s", flush=True)
     return run_dir

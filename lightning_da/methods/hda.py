@@ -82,8 +82,9 @@ class HDANet(DAMethod):
         out = self.forward_hda(batch)
         loss, logs = self.hda_loss(out)
         if self.logging_step():
-            with torch.no_grad():
-                logs["train/source_acc"] = (out["z_s"].argmax(1) == out["y_s"]).float().mean()
+            if "z_s" in out:
+                with torch.no_grad():
+                    logs["train/source_acc"] = (out["z_s"].argmax(1) == out["y_s"]).float().mean()
             self.log_train({"train/loss": loss, **logs})
         return {"loss": loss, "target_logits": out["z_u"].detach()}
 
@@ -101,13 +102,6 @@ class TargetOnly(HDANet):
     def hda_loss(self, out):
         loss = F.cross_entropy(out["z_l"], out["y_l"])
         return loss, {"train/loss_target_cls": loss}
-
-    def training_step(self, batch: dict, batch_idx: int) -> dict:
-        out = self.forward_hda(batch)
-        loss, logs = self.hda_loss(out)
-        if self.logging_step():
-            self.log_train({"train/loss": loss, **logs})
-        return {"loss": loss, "target_logits": out["z_u"]}
 
     def optimizer_modules(self):
         # the source projector gets no gradient: leave it out of the optimiser (weight decay included)

@@ -135,8 +135,9 @@ class TwoDomainNorm(DomainAwareNorm):
             variances.append(centred.square().mean(dims))
         mean, var = torch.cat(means), torch.cat(variances)
         per_channel = x[0, 0].numel()
-        counts = torch.tensor([[n_source * per_channel], [(len(x) - n_source) * per_channel]], device=x.device)
-        return mean, var, var * counts / (counts - 1).clamp(min=1)
+        counts = (n_source * per_channel, (len(x) - n_source) * per_channel)   # Python numbers: no copy to the device
+        unbiased = torch.cat([var[d:d + 1] * (n / max(n - 1, 1)) for d, n in enumerate(counts)])
+        return mean, var, unbiased
 
     @staticmethod
     def affine_per_domain(x: torch.Tensor, n_source: int, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
