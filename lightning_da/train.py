@@ -8,6 +8,7 @@ epoch with the highest target accuracy, which uses target labels and is labelled
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
@@ -54,18 +55,26 @@ def compose_config(overrides: list[str], output_dir: str | os.PathLike, config_d
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Instantiate the DataModule, the method (backbone and norm inside) and the trainer."""
     datamodule = instantiate(cfg.data, _convert_="all")
+    num_classes = datamodule.num_classes  # builds the domains and checks their class lists
+    data_kwargs = dict(getattr(datamodule, "model_kwargs", {}))
+    if "class_names" in inspect.signature(get_class(cfg.method._target_)).parameters:
+        data_kwargs["class_names"] = list(datamodule.classes)  # CLIP methods build prompts from them
     model = instantiate(
         cfg.method,
         # HDA methods build per-domain projectors from the data instead (backbone=null)
         backbone=instantiate(cfg.backbone) if cfg.get("backbone") else None,
-        num_classes=datamodule.num_classes,
+        num_classes=num_classes,
         # what a method needs from the data beyond the class count (HDA: the per-domain input dims)
-        **getattr(datamodule, "model_kwargs", {}),
+        **data_kwargs,
         optimizer=instantiate(cfg.optimizer),
         scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
         norm=instantiate(cfg.norm) if cfg.get("norm") else None,
         _convert_="all",
     )
+    if getattr(model, "needs_strong_view", False):  # FixMatch-style methods read (weak, strong) target views
+        if not hasattr(datamodule, "strong_target_view"):
+            raise ValueError(f"{type(model).__name__} needs weak and strong target views, which {type(datamodule).__name__} cannot give")
+        datamodule.strong_target_view = True
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
@@ -131,7 +140,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     datamodule, model, trainer = build(cfg)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trains = getattr(model, "trains", True)
+    if trains:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    else:
+        log.info("%s trains nothing: evaluating the model as built", type(model).__name__)
     # snapshot now: testing a checkpoint restores callback states, the history included
     history = copy.deepcopy(next(c for c in trainer.callbacks if isinstance(c, MetricHistory)))
     stepwise = next((c.result() for c in trainer.callbacks if isinstance(c, StepwiseTargetAccuracy)), None)
@@ -143,9 +156,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
     }
     # the weights after the last step (last.ckpt is written at epoch ends, not after a max_steps stop)
-    final = os.path.join(cfg.paths.output_dir, "checkpoints", "final.ckpt")
-    trainer.save_checkpoint(final)
-    if cfg.get("test", True):
+    final = os.path.join(cfg.paths.output_dir, "checkpoints", "final.ckpt") if trains else None
+    if trains:
+        trainer.save_checkpoint(final)
+    if cfg.get("test", True) or not trains:
         results["last"] = {"checkpoint": final, **_test(trainer, model, datamodule, final)}
         if cfg.get("monitor") and ckpt.monitor and ckpt.best_model_path:
             best = history.best(cfg.monitor, cfg.monitor_mode) or {}

@@ -4,6 +4,8 @@ Batch contract (one dict per training step):
 
 * single source:  ``{"source": (x, y), "target": (x, idx)}``
 * multi-source:   ``{"sources": [(x, y), ...], "target": (x, idx)}``
+* ``strong_target_view=true``: the target entry is ``((x_weak, x_strong), idx)`` (``data.views``);
+  methods that need it (FixMatch, CMKD + FixMatch) switch it on themselves.
 
 ``idx`` is the target sample's index in the target train split, so pseudo labels can be stored per
 sample. An epoch is ``iters_per_epoch`` steps: every loader draws from its own
@@ -44,6 +46,7 @@ class DADataModule(L.LightningDataModule):
         target_eval: ``auto`` (test split if any, else train), ``test`` or ``train``.
         source_holdout: fraction of each source's train split held out for validation when the
             source has no test split (0 = none).
+        strong_target_view: target training samples as (weak, strong) view pairs (see ``data.views``).
         eval_batch_size, num_workers, pin_memory, persistent_workers: loader settings.
         seed: seeds the training samplers and the hold-out split.
     """
@@ -51,7 +54,7 @@ class DADataModule(L.LightningDataModule):
     def __init__(self, domains: dict[str, Callable[..., Domain]], source: str | Sequence[str], target: str,
                  root: str | None = None, domain_args: dict | None = None, batch_size: int = 32, target_batch_size: int | None = None,
                  iters_per_epoch: int = 500, drop_last: bool = True, target_eval: str = "auto", source_holdout: float = 0.0,
-                 eval_batch_size: int = 256, num_workers: int = 0, pin_memory: bool = False,
+                 strong_target_view: bool = False, eval_batch_size: int = 256, num_workers: int = 0, pin_memory: bool = False,
                  persistent_workers: bool = False, seed: int = 0):
         super().__init__()
         if not drop_last:
@@ -72,6 +75,7 @@ class DADataModule(L.LightningDataModule):
             self.domain_args["root"] = root
         self.batch_size, self.target_batch_size = batch_size, target_batch_size or batch_size
         self.iters_per_epoch, self.target_eval, self.source_holdout = iters_per_epoch, target_eval, source_holdout
+        self.strong_target_view = strong_target_view
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
         self.pin_memory, self.persistent_workers, self.seed = pin_memory, persistent_workers and num_workers > 0, seed
 
@@ -107,7 +111,13 @@ class DADataModule(L.LightningDataModule):
 
     @property
     def target_train(self) -> Dataset:
-        return self.domains[self.target_name].train
+        d = self.domains[self.target_name]
+        if not self.strong_target_view:
+            return d.train
+        if d.train_strong is None:
+            raise DataError(f"target domain {d.name!r} has no strong augmentation view (feature domains have none); "
+                            "a method that needs (weak, strong) target views cannot train on it")
+        return d.train_strong
 
     @property
     def target_eval_set(self) -> Dataset:

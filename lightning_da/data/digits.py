@@ -2,7 +2,13 @@
 
 Every digit domain is decoded once into a uint8 tensor resized to ``image_size`` with ``channels``
 channels (grey is repeated to 3; RGB is averaged to 1), then served from memory, so an epoch
-costs no image decoding. Normalisation is ``(x - 0.5) / 0.5``.
+costs no image decoding. Sizes above ``STORE_MAX`` (CLIP's 224 px) are stored at the native size
+and resized per item instead (MNIST at 224 px would need 9 GB). Normalisation is
+``(x - mean) / std`` (default 0.5 / 0.5).
+
+Every builder also takes ``mean``/``std``, ``train_crop_scale`` (a ``RandomResizedCrop(image_size,
+scale)`` training augmentation, CMKD's digits setting) and ``strong_view`` (arguments of
+:func:`~lightning_da.data.views.strong_tensor_augment`, for ``data.strong_target_view``).
 """
 
 from __future__ import annotations
@@ -15,8 +21,11 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.data.domain import DataError, Domain, TensorImages
+from lightning_da.data.views import strong_tensor_augment
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
+#: images larger than this are stored at their native size and resized per item
+STORE_MAX = 64
 
 
 def _prepare(images, image_size: int, channels: int) -> torch.Tensor:
@@ -27,20 +36,35 @@ def _prepare(images, image_size: int, channels: int) -> torch.Tensor:
         x = x.permute(0, 3, 1, 2)
     if x.shape[1] != channels:
         x = x.expand(-1, 3, -1, -1) if channels == 3 else x.float().mean(1, keepdim=True).round().to(torch.uint8)
-    if x.shape[-1] != image_size or x.shape[-2] != image_size:
+    if image_size <= STORE_MAX and (x.shape[-1] != image_size or x.shape[-2] != image_size):
         x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
         x = x.round().clamp(0, 255).to(torch.uint8)
     return x.contiguous()
 
 
-def _digits_domain(name, train, test, image_size, channels, **info) -> Domain:
+def _digits_domain(name, train, test, image_size, channels, mean=(0.5,), std=(0.5,), train_crop_scale=None,
+                   strong_view: dict | None = None, **info) -> Domain:
     def ds(split):
         if split is None:
             return None
         images, labels = split
-        return TensorImages(_prepare(images, image_size, channels), torch.as_tensor(np.asarray(labels)).long())
+        return TensorImages(_prepare(images, image_size, channels), torch.as_tensor(np.asarray(labels)).long(),
+                            mean=mean, std=std, size=image_size)
 
-    return Domain(name, ds(train), DIGIT_CLASSES, ds(test), info)
+    train_eval = ds(train)
+    augment = None
+    if train_crop_scale is not None:
+        from torchvision.transforms import v2
+
+        augment = v2.RandomResizedCrop(image_size, scale=tuple(train_crop_scale), antialias=True)
+    train_set = train_eval.with_views(augment=augment)
+    strong = train_eval.with_views(augment=augment, strong=strong_tensor_augment(**(strong_view or {})))
+    return Domain(name, train_set, DIGIT_CLASSES, ds(test), info, train_eval=train_eval, train_strong=strong)
+
+
+def _views(options: dict) -> dict:
+    """The per-item view options among a builder's extra keyword arguments (others are ignored)."""
+    return {k: options[k] for k in ("mean", "std", "train_crop_scale", "strong_view") if k in options}
 
 
 def _require(path: str, layout: str) -> None:
@@ -50,37 +74,37 @@ def _require(path: str, layout: str) -> None:
                         "data.domain_args.download=true where the dataset supports it.")
 
 
-def mnist(root: str, image_size: int = 28, channels: int = 1, download: bool = False, **_) -> Domain:
+def mnist(root: str, image_size: int = 28, channels: int = 1, download: bool = False, **options) -> Domain:
     """MNIST (60k train / 10k test) read by ``torchvision.datasets.MNIST`` from ``root/MNIST/raw``."""
     from torchvision.datasets import MNIST
 
     if not download:
         _require(os.path.join(root, "MNIST", "raw"), "the torchvision layout <root>/MNIST/raw/{train,t10k}-*-ubyte")
     tr, te = MNIST(root, train=True, download=download), MNIST(root, train=False, download=download)
-    return _digits_domain("mnist", (tr.data, tr.targets), (te.data, te.targets), image_size, channels)
+    return _digits_domain("mnist", (tr.data, tr.targets), (te.data, te.targets), image_size, channels, **_views(options))
 
 
-def usps(root: str, image_size: int = 28, channels: int = 1, download: bool = False, **_) -> Domain:
+def usps(root: str, image_size: int = 28, channels: int = 1, download: bool = False, **options) -> Domain:
     """USPS (7,291 train / 2,007 test, 16x16) read by ``torchvision.datasets.USPS`` from ``root/usps{,.t}.bz2``."""
     from torchvision.datasets import USPS
 
     if not download:
         _require(os.path.join(root, "usps.bz2"), "the torchvision layout <root>/usps.bz2 and <root>/usps.t.bz2")
     tr, te = USPS(root, train=True, download=download), USPS(root, train=False, download=download)
-    return _digits_domain("usps", (tr.data, tr.targets), (te.data, te.targets), image_size, channels)
+    return _digits_domain("usps", (tr.data, tr.targets), (te.data, te.targets), image_size, channels, **_views(options))
 
 
-def svhn(root: str, image_size: int = 32, channels: int = 3, download: bool = False, **_) -> Domain:
+def svhn(root: str, image_size: int = 32, channels: int = 3, download: bool = False, **options) -> Domain:
     """SVHN (73,257 train / 26,032 test) read by ``torchvision.datasets.SVHN`` from ``root/{train,test}_32x32.mat``."""
     from torchvision.datasets import SVHN
 
     if not download:
         _require(os.path.join(root, "train_32x32.mat"), "the torchvision layout <root>/{train,test}_32x32.mat")
     tr, te = SVHN(root, split="train", download=download), SVHN(root, split="test", download=download)
-    return _digits_domain("svhn", (tr.data, tr.labels), (te.data, te.labels), image_size, channels)
+    return _digits_domain("svhn", (tr.data, tr.labels), (te.data, te.labels), image_size, channels, **_views(options))
 
 
-def mnist_m(root: str, image_size: int = 32, channels: int = 3, **_) -> Domain:
+def mnist_m(root: str, image_size: int = 32, channels: int = 3, **options) -> Domain:
     """MNIST-M in its original layout: ``root/mnist_m/mnist_m_{train,test}/*.png`` plus
     ``mnist_m_{train,test}_labels.txt`` (``filename label`` lines). If only the test split exists
     (as in ../shared/data), it is the (transductive) train split and there is no test split."""
@@ -118,14 +142,14 @@ def mnist_m(root: str, image_size: int = 32, channels: int = 3, **_) -> Domain:
     if train is None and test is None:
         raise DataError(f"no MNIST-M split found under {base}; expected {layout}")
     if train is None:
-        return _digits_domain("mnist_m", test, None, image_size, channels, transductive=True)
-    return _digits_domain("mnist_m", train, test, image_size, channels)
+        return _digits_domain("mnist_m", test, None, image_size, channels, transductive=True, **_views(options))
+    return _digits_domain("mnist_m", train, test, image_size, channels, **_views(options))
 
 
 BUNDLE = "digits_bundle.npz"
 
 
-def bundled(name: str, image_size: int = 28, channels: int = 1, **_) -> Domain:
+def bundled(name: str, image_size: int = 28, channels: int = 1, **options) -> Domain:
     """The compact real-digits bundle shipped inside the package (offline default).
 
     ``mnist``: 10,000 MNIST train images (the first 1,000 of each class) and 2,000 MNIST test
@@ -137,4 +161,4 @@ def bundled(name: str, image_size: int = 28, channels: int = 1, **_) -> Domain:
         z = np.load(fh)
         train = (z[f"{name}_train_x"], z[f"{name}_train_y"])
         test = (z[f"{name}_test_x"], z[f"{name}_test_y"])
-    return _digits_domain(f"{name}_bundled", train, test, image_size, channels)
+    return _digits_domain(f"{name}_bundled", train, test, image_size, channels, **_views(options))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch.utils.data import Dataset
@@ -21,6 +22,8 @@ class Domain:
     test: Dataset | None = None
     info: dict = field(default_factory=dict)
     train_eval: Dataset | None = None  # the train split with the evaluation transform (default: train)
+    #: the train split as ``((weak, strong), label)`` pairs (``data.views``); None: the domain has no strong view
+    train_strong: Dataset | None = None
 
     def __post_init__(self):
         if self.train_eval is None:
@@ -34,10 +37,14 @@ class Domain:
 class TensorImages(Dataset):
     """Images kept in memory as one uint8 tensor (N, C, H, W); returns ``(float image, label)``.
 
-    The image is scaled to [0, 1] and normalised with ``(x - mean) / std`` per channel.
+    Per item: ``augment`` (a uint8 -> uint8 transform, training splits), resizing to ``size`` when
+    the stored images are smaller (large sizes are resized per item, not stored), then scaling to
+    [0, 1] and ``(x - mean) / std`` per channel. With ``strong`` (a uint8 -> uint8 transform) an
+    item is ``((weak, strong), label)``, both views from the same stored image.
     """
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,),
+                 size: int | None = None, augment: Callable | None = None, strong: Callable | None = None):
         if images.dtype != torch.uint8 or images.ndim != 4:
             raise DataError(f"TensorImages expects uint8 (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
         if len(images) != len(labels):
@@ -46,12 +53,30 @@ class TensorImages(Dataset):
         self.images, self.labels = images, labels.long()
         self.mean = torch.tensor(list(mean) * (c if len(mean) == 1 else 1)).view(c, 1, 1) * 255.0
         self.std = torch.tensor(list(std) * (c if len(std) == 1 else 1)).view(c, 1, 1) * 255.0
+        self.size, self.augment, self.strong = size, augment, strong
 
     def __len__(self) -> int:
         return len(self.labels)
 
+    def with_views(self, augment: Callable | None = None, strong: Callable | None = None) -> "TensorImages":
+        """The same stored images with another per-item augmentation and/or strong view."""
+        view = copy.copy(self)
+        view.augment, view.strong = augment, strong
+        return view
+
+    def _finish(self, img: torch.Tensor) -> torch.Tensor:
+        img = img.float()
+        if self.size is not None and img.shape[-1] != self.size:
+            img = torch.nn.functional.interpolate(img[None], size=(self.size, self.size), mode="bilinear",
+                                                  align_corners=False)[0]
+        return (img - self.mean) / self.std
+
     def __getitem__(self, i):
-        return (self.images[i].float() - self.mean) / self.std, self.labels[i]
+        img = self.images[i]
+        weak = self._finish(self.augment(img) if self.augment is not None else img)
+        if self.strong is None:
+            return weak, self.labels[i]
+        return (weak, self._finish(self.strong(img))), self.labels[i]
 
 
 class WithIndex(Dataset):

@@ -15,28 +15,30 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from lightning_da.data.domain import DataError, Domain
+from lightning_da.data.views import strong_image_transform
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 def image_transforms(train: bool, resize: int = 256, crop: int = 224, mean: Sequence[float] = IMAGENET_MEAN,
-                     std: Sequence[float] = IMAGENET_STD, hflip: bool = True):
-    """Train: ``Resize((r, r)) -> RandomCrop(c) -> RandomHorizontalFlip``; test: ``Resize((r, r)) ->
-    CenterCrop(c)``; both then ``ToTensor -> Normalize(mean, std)`` (the CDAN / RN / CGDM pipeline)."""
-    ops = [T.Resize((resize, resize))]
+                     std: Sequence[float] = IMAGENET_STD, hflip: bool = True, test_resize: int | None = None):
+    """Train: ``Resize((r, r)) -> RandomCrop(c) -> RandomHorizontalFlip``; test: ``Resize((r', r')) ->
+    CenterCrop(c)`` with ``r' = test_resize or r``; both then ``ToTensor -> Normalize(mean, std)``
+    (the CDAN / RN / CGDM pipeline; CMKD tests with ``test_resize = crop``)."""
     if train:
-        ops += [T.RandomCrop(crop)] + ([T.RandomHorizontalFlip()] if hflip else [])
+        ops = [T.Resize((resize, resize)), T.RandomCrop(crop)] + ([T.RandomHorizontalFlip()] if hflip else [])
     else:
-        ops += [T.CenterCrop(crop)]
+        ops = [T.Resize((test_resize or resize,) * 2), T.CenterCrop(crop)]
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
 
 
 class ImageSamples(Dataset):
-    """``(path, label)`` pairs loaded with PIL as RGB and transformed."""
+    """``(path, label)`` pairs loaded with PIL as RGB and transformed; with a ``strong`` transform an
+    item is ``((transform(img), strong(img)), label)`` from one decoded image."""
 
-    def __init__(self, samples: list[tuple[str, int]], transform=None):
-        self.samples, self.transform = samples, transform
+    def __init__(self, samples: list[tuple[str, int]], transform=None, strong=None):
+        self.samples, self.transform, self.strong = samples, transform, strong
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -48,7 +50,8 @@ class ImageSamples(Dataset):
                 img = im.convert("RGB")
         except (OSError, ValueError) as err:
             raise DataError(f"cannot read image {path}: {err}") from err
-        return (self.transform(img) if self.transform else img), label
+        weak = self.transform(img) if self.transform else img
+        return (weak if self.strong is None else (weak, self.strong(img))), label
 
 
 def scan_image_folder(path: str) -> tuple[list[tuple[str, int]], list[str]]:
@@ -91,13 +94,14 @@ def read_image_list(list_file: str, root: str = "") -> list[tuple[str, int]]:
 
 def image_domain(name: str, root: str, path: str | None = None, list_file: str | None = None,
                  test_path: str | None = None, test_list_file: str | None = None, classes: Sequence[str] | None = None,
-                 transform: dict | None = None, **_) -> Domain:
+                 transform: dict | None = None, strong_view: dict | None = None, **_) -> Domain:
     """An image domain from an ImageFolder (``root/path``) or an image list (``root/list_file``).
 
     ``classes`` names the classes of an image list in label order (default ``"0".."K-1"``); for an
     ImageFolder it is checked against the folders. ``test_path`` / ``test_list_file`` give a
     held-out split; without one the domain is transductive (its train split is also evaluated).
-    ``transform`` holds the arguments of :func:`image_transforms`.
+    ``transform`` holds the arguments of :func:`image_transforms`; ``strong_view`` those of
+    :func:`~lightning_da.data.views.strong_image_transform` beyond them (for ``data.strong_target_view``).
     """
     transform = dict(transform or {})
 
@@ -124,4 +128,6 @@ def image_domain(name: str, root: str, path: str | None = None, list_file: str |
             raise DataError(f"domain {name!r}: test classes {test_names} differ from train classes {names}")
         test = ImageSamples(test_samples, image_transforms(False, **transform))
     train = ImageSamples(train_samples, image_transforms(True, **transform))
-    return Domain(name, train, names, test, train_eval=ImageSamples(train_samples, image_transforms(False, **transform)))
+    strong = ImageSamples(train_samples, train.transform, strong_image_transform(**{**transform, **(strong_view or {})}))
+    return Domain(name, train, names, test, train_eval=ImageSamples(train_samples, image_transforms(False, **transform)),
+                  train_strong=strong)

@@ -140,10 +140,11 @@ class DAMethod(L.LightningModule):
 
         ``self.log`` costs about a millisecond per call on a CPU, so per-step values are only built
         and logged on these steps; nothing is lost, training scalars are logged per step only.
+        Outside a Trainer nothing is logged.
         """
         trainer = self._trainer
-        if trainer is None:
-            return True
+        if trainer is None:  # called outside a Trainer (benchmarks, tests): nothing to log to
+            return False
         # batches that stepped, as Lightning's logger counts them (global_step counts every
         # optimiser step, several per batch under manual optimisation)
         batches = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", self.global_step)
