@@ -50,9 +50,9 @@ def test_prompt_classifier_shape_and_class_order(tiny_clip):
     torch.testing.assert_close(two, F.normalize(e.mean(0), dim=0))
 
 
-def test_prompt_errors():
-    with pytest.raises(ValueError, match="rename names classes the data does not have"):
-        prompt_texts(["a", "b"], rename={"c": "x"})
+def test_prompt_errors(caplog):
+    assert prompt_texts(["a", "b"], rename={"c": "x"}) == [["a photo of a a"], ["a photo of a b"]]
+    assert "rename names classes the data does not have" in caplog.text
     with pytest.raises(ValueError, match="2 names but the data has 3 classes"):
         prompt_texts(["0", "1", "2"], names=["plane", "bike"])
     with pytest.raises(ValueError, match="has no"):
@@ -240,4 +240,32 @@ def test_zeroshot_method_evaluates_without_training(tmp_path, office_subset):
 def test_cmkd_needs_a_clip_backbone(tmp_path):
     cfg = make_cfg(tmp_path, ["method=cmkd", "backbone=lenet"])
     with pytest.raises(Exception, match="needs a CLIP backbone"):   # Hydra wraps the TypeError
+        build(cfg)
+
+
+@pytest.mark.parametrize("experiment,folder,task,first_prompt", [
+    ("cmkd_office_home", "office_home", ["data.source=Product", "data.target=Clipart"], "an image of a backpack"),
+    ("cmkd_office31", "office31", [], "a photo of a backpack"),
+    ("cmkd_visda", "visda2017", [], "a photo of a backpack"),
+    ("cmkd_imageclef", "image_CLEF", ["method.prompts.class_names=[plane,bike,bird,boat,bottle,bus,car,dog,horse,monitor]"],
+     "a photo of a plane"),   # the stand-in has 10 of the 12 classes
+    ("cmkd_domainnet", "domainnet", ["data.source=real", "data.target=sketch"], "a photo of a backpack"),
+])
+def test_cmkd_experiment_configs_build(tmp_path, standins, experiment, folder, task, first_prompt):
+    tiny = TINY_RN_OVERRIDE if "domainnet" not in experiment else (
+        "backbone.model_cfg={embed_dim:32,vision_cfg:{image_size:32,layers:1,width:32,patch_size:16,head_width:16},"
+        "text_cfg:{context_length:16,vocab_size:49408,width:32,heads:2,layers:1}}")
+    cfg = make_cfg(tmp_path, [f"experiment={experiment}", f"data.root={standins / folder}", *task,
+                              "backbone.pretrained=null", "trainer=cpu", tiny])
+    dm, model, _ = build(cfg)
+    assert model.zero_shot.prompts[0] == [first_prompt] and model.zero_shot.text_features.shape == (10, 32)
+    assert model.backbone._text is None   # the text tower is gone
+    groups = {g["name"]: g["lr"] for g in model.configure_optimizers()["optimizer"].param_groups}
+    assert groups["classifier"] == pytest.approx(groups["backbone"] * cfg.method.lr_mult.classifier)
+
+
+def test_cmkd_prompt_names_must_match_the_classes(tmp_path, standins):
+    cfg = make_cfg(tmp_path, ["experiment=cmkd_imageclef", f"data.root={standins / 'image_CLEF'}", "trainer=cpu",
+                              "backbone.pretrained=null", TINY_RN_OVERRIDE])
+    with pytest.raises(Exception, match="prompts.class_names has 12 names but the data has 10 classes"):
         build(cfg)

@@ -12,12 +12,15 @@ embeddings of the class prompts (frozen) and CLIP's ``logit_scale`` (about 100, 
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+log = logging.getLogger(__name__)
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -119,8 +122,9 @@ def prompt_texts(class_names: Sequence[str], template: str | Sequence[str] = "a 
     """
     rename = dict(rename or {})
     unknown = sorted(set(rename) - set(class_names))
-    if unknown:
-        raise ValueError(f"prompts.rename names classes the data does not have: {unknown}; the data's classes are {list(class_names)}")
+    if unknown:  # e.g. a copy of the dataset whose folders are already spelled as the prompt wants
+        log.warning("prompts.rename names classes the data does not have (ignored): %s; the data's classes are %s",
+                    unknown, list(class_names))
     if names is not None:
         if len(names) != len(class_names):
             raise ValueError(f"prompts.class_names has {len(names)} names but the data has {len(class_names)} classes "
@@ -157,6 +161,8 @@ def zero_shot_head(backbone: CLIPImageEncoder, class_names: Sequence[str], promp
     texts = prompt_texts(class_names, prompts.get("template", "a photo of a {}"), prompts.get("rename"),
                          prompts.get("class_names"))
     head = ZeroShotHead(backbone.prompt_classifier(texts), backbone.logit_scale)
+    head.prompts = texts
+    log.info("zero-shot head: %d classes, e.g. %s", len(texts), texts[:3])
     if release_text:
         backbone.release_text()
     return head
