@@ -8,7 +8,7 @@ Methods on the digit tasks (m2u, u2m, mnistm): ``cgdm``, ``mcd`` (the MCD / CGDM
 ``cdan_e_<norm>`` for norm in bn, adabn, dsbn, transnorm, rn (the normalization table,
 ``experiment=norm_digits_cdan_e``), ``fixmatch`` and ``source_only`` (the FixMatch table). On the
 Office-Caltech10 tasks (a2w, w2a, c2d, d2c, ...: first letters of amazon, caltech, dslr, webcam):
-``oc_fixmatch``, ``oc_source_only`` (EfficientNet-Lite0, ``experiment=office_caltech_base``) and
+``oc_fixmatch``, ``oc_source_only``, ``oc_source_only_adabn`` (EfficientNet-Lite0, ``experiment=office_caltech_base``) and
 ``oc_cdan_e_bn`` / ``oc_cdan_e_rn`` (``experiment=norm_office_caltech_cdan_e``).
 
 A run whose ``results.json`` exists is skipped; one that stopped part-way resumes from its
@@ -37,6 +37,7 @@ EXPERIMENTS = {"cgdm": ["experiment=cgdm_digits_m2u"], "mcd": ["experiment=mcd_d
                   for norm in ("bn", "adabn", "dsbn", "transnorm", "rn")},
                "fixmatch": ["experiment=fixmatch_digits"], "source_only": ["experiment=digits_source_only"],
                "oc_fixmatch": ["experiment=fixmatch_office_caltech"], "oc_source_only": ["experiment=office_caltech_source_only"],
+               "oc_source_only_adabn": ["experiment=office_caltech_source_only", "norm=adabn"],
                **{f"oc_cdan_e_{norm}": ["experiment=norm_office_caltech_cdan_e", f"norm={norm}"] for norm in ("bn", "rn")}}
 ROOT = Path(__file__).resolve().parents[2]
 
