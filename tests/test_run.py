@@ -140,3 +140,14 @@ def test_multirun_two_jobs(tmp_path):
     mean = sum(accs) / 2
     assert rows[0]["last"].startswith(f"{mean:.2f} ± ")
     assert "| DANN | mnist->usps | 2 |" in markdown(rows)
+
+
+def test_optuna_search_two_trials(tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="pip install hydra-optuna-sweeper (the [sweep] extra)")
+    out = run_py(["hparams_search=dann_optuna", "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path}", *QUICK], tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = [json.loads((tmp_path / str(i) / "results.json").read_text()) for i in (0, 1)]
+    assert all(r["best"]["monitor"] == "val/validator/snd" and not r["best"]["oracle"] for r in results)
+    summary = (tmp_path / "optimization_results.yaml").read_text()
+    best = max(r["best"]["monitor_value"] for r in results)
+    assert f"best_value: {best}" in summary and "method.trade_off" in summary

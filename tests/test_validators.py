@@ -101,7 +101,8 @@ def test_kmeans_finds_separated_blobs():
 
 
 def test_validators_in_a_run_and_as_monitor(tmp_path):
-    res = train(make_cfg(tmp_path, ["method=dann", "monitor=val/validator/snd", *QUICK, "trainer.limit_val_batches=1.0"]))
+    res = train(make_cfg(tmp_path, ["method=dann", "monitor=val/validator/snd", *QUICK, "trainer.limit_val_batches=1.0",
+                                    "callbacks.validators.max_samples=2000"]))
     row = res["history"][0]
     for name in VALIDATORS:
         assert f"val/validator/{name}" in row, name

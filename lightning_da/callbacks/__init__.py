@@ -2,5 +2,6 @@
 
 from lightning_da.callbacks.history import MetricHistory
 from lightning_da.callbacks.stepwise import StepwiseTargetAccuracy
+from lightning_da.callbacks.visuals import EmbeddingVisuals
 
-__all__ = ["MetricHistory", "StepwiseTargetAccuracy"]
+__all__ = ["EmbeddingVisuals", "MetricHistory", "StepwiseTargetAccuracy"]
