@@ -167,9 +167,19 @@ class DADataModule(L.LightningDataModule):
         sources = [self._train_loader(train, self.batch_size, self.seed + 17 * i)
                    for i, (train, _) in enumerate(self.source_splits)]
         target = self._train_loader(WithIndex(self.target_train), self.target_batch_size, self.seed + 7919)
+        self.target_sampler = target.sampler
+        if getattr(self, "_target_pool", None) is not None:
+            self.target_sampler.set_pool(self._target_pool)
         loaders = {"sources": sources} if self.multi_source else {"source": sources[0]}
         loaders["target"] = target
         return CombinedLoader(loaders, mode="min_size")
+
+    def set_target_pool(self, indices) -> None:
+        """Train on the target samples ``indices`` only (None: all), resampled with repetition to the
+        epoch length (M2CAN's selected pseudo-labelled target); applies from the next epoch."""
+        self._target_pool = None if indices is None else torch.as_tensor(indices).long().cpu()
+        if getattr(self, "target_sampler", None) is not None:
+            self.target_sampler.set_pool(self._target_pool)
 
     def target_pass_loader(self, eval_transform: bool = True, batch_size: int | None = None) -> DataLoader:
         """Every target training sample once, in dataset order, as ``(x, index)`` batches (pseudo
