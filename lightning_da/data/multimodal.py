@@ -40,13 +40,14 @@ import re
 import string
 from collections import Counter
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 from torchvision import transforms as T
 
+from lightning_da.data.batches import cat_inputs, input_len  # noqa: F401 (re-exported)
 from lightning_da.data.datamodule import DADataModule
 from lightning_da.data.domain import DataError, Domain
 from lightning_da.data.images import IMAGENET_MEAN, IMAGENET_STD
@@ -309,39 +310,15 @@ def amazon_review_domain(name: str, root: str, vocab_size: int = 5000, vocab_dom
 
 
 # ---------------------------------------------------------------------------------------------- batches
-def cat_inputs(xs: Sequence[Any]) -> Any:
-    """Concatenate batches along rows: tensors with ``torch.cat``, dicts key by key, lists of strings
-    by list concatenation."""
-    first = xs[0]
-    if len(xs) == 1:
-        return first
-    if isinstance(first, torch.Tensor):
-        return torch.cat(list(xs))
-    if isinstance(first, dict):
-        keys = set(first)
-        for x in xs[1:]:
-            if set(x) != keys:
-                raise ValueError(f"cannot concatenate batches with different inputs: {sorted(keys)} vs {sorted(x)}")
-        return {k: cat_inputs([x[k] for x in xs]) for k in first}
-    if isinstance(first, (list, tuple)):
-        return [v for x in xs for v in x]
-    raise TypeError(f"cannot concatenate batch inputs of type {type(first).__name__}")
-
-
-def input_len(x: Any) -> int:
-    """Rows of a batch input (a tensor, a list, or a dict of them)."""
-    if isinstance(x, dict):
-        return input_len(next(iter(x.values())))
-    return len(x)
-
-
 class MultiSourceDataModule(DADataModule):
     """:class:`DADataModule` whose epoch is ``ceil(n_sample / batch_size)`` steps (the original's
     resampling of every domain list to ``n_sample`` items per epoch); ``n_sample: null`` keeps
-    ``iters_per_epoch``."""
+    ``iters_per_epoch``. ``source: rest`` takes every configured domain but the target as a source."""
 
-    def __init__(self, *args, n_sample: int | None = None, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, domains, source, target, *args, n_sample: int | None = None, **kwargs):
+        if source == "rest":
+            source = [n for n in domains if n != target]
+        super().__init__(domains, source, target, *args, **kwargs)
         self.n_sample = n_sample
         if n_sample is not None:
             if n_sample < self.batch_size:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from lightning_da.data.multimodal import cat_inputs, input_len
+from lightning_da.data.batches import cat_inputs, input_len
 from lightning_da.losses import ExtraLoss
 from lightning_da.models.grl import GradientReversal
 from lightning_da.models.heads import Bottleneck, Classifier
@@ -52,9 +52,6 @@ class DAMethod(L.LightningModule):
     channels_last: keep the model and image batches in ``channels_last`` memory format (GPU convnets).
     compile: ``torch.compile`` the backbone in place when fitting starts (``nn.Module.compile``;
         checkpoints keep their usual keys).
-    combine_sources: train a single-source method on several sources as one combined source: a
-        ``{"sources": [(x1, y1), ...]}`` batch becomes ``{"source": (cat x, cat y)}`` (the
-        combined-source baselines of multi-source DA, e.g. cDANN in the MDAN paper).
     """
 
     #: the method forwards ``[source; target]`` in one call and declares the split to the norm layers
@@ -67,7 +64,7 @@ class DAMethod(L.LightningModule):
     def __init__(self, backbone: nn.Module, num_classes: int, optimizer: Callable, scheduler: Callable | None = None,
                  norm: Callable[[nn.Module], nn.Module] | None = None, bottleneck: dict | None = None,
                  classifier_init: str = "default", lr_mult: dict | None = None, extra_losses: dict | None = None,
-                 trade_off: float = 1.0, channels_last: bool = False, compile: bool = False, combine_sources: bool = False):
+                 trade_off: float = 1.0, channels_last: bool = False, compile: bool = False):
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "norm", *self.hparams_ignore], logger=False)
         self.backbone = backbone
@@ -124,7 +121,7 @@ class DAMethod(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         (xs, ys), (xt, _) = batch["source"], batch["target"]
         f, z = self.forward_domains(xs, xt)
-        ns = len(xs)
+        ns = input_len(xs)
         loss_cls = F.cross_entropy(z[:ns], ys)
         loss_transfer, logs = self.transfer_loss(f, z, ns)
         loss = loss_cls + self.trade_off * loss_transfer
@@ -138,14 +135,6 @@ class DAMethod(L.LightningModule):
             self.log_train({"train/loss": loss, "train/loss_cls": loss_cls, "train/loss_transfer": loss_transfer,
                             "train/source_acc": source_acc, **logs})
         return loss
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """``combine_sources``: merge the sources of a multi-source training batch into one source."""
-        if self.hparams.get("combine_sources") and isinstance(batch, dict) and "sources" in batch:
-            batch = dict(batch)
-            sources = batch.pop("sources")
-            batch["source"] = (cat_inputs([x for x, _ in sources]), torch.cat([y for _, y in sources]))
-        return batch
 
     def logging_step(self) -> bool:
         """True on the steps whose training scalars reach the loggers (every ``log_every_n_steps``).
@@ -230,9 +219,9 @@ class DAMethod(L.LightningModule):
         the module)."""
         dm = getattr(self.trainer, "datamodule", None)
         if (stage == "fit" and getattr(dm, "multi_source", False) and not self.supports_multi_source
-                and not self.hparams.get("combine_sources")):
+                and not getattr(dm, "combine_sources", False)):
             raise ValueError(f"{type(self).__name__} trains on one source domain, but data.source lists "
-                             f"{dm.source_names}; give one source, or method.combine_sources=true to train on "
+                             f"{dm.source_names}; give one source, or data.combine_sources=true to train on "
                              "the sources combined into one")
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)

@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_da.data.multimodal import cat_inputs, input_len
+from lightning_da.data.batches import cat_inputs, input_len
 from lightning_da.losses import multilinear_map
 from lightning_da.losses.multimodal import cdcfa_loss, cmcfa_loss, soft_label_domain_loss, uacr_rate, uacr_select
 from lightning_da.losses.regularizers import minimum_class_confusion
@@ -102,6 +102,8 @@ class M2CAN(DAMethod):
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
+        if getattr(dm, "combine_sources", False):
+            raise ValueError("M2CAN trains on each source domain separately: set data.combine_sources=false")
         n = len(dm.source_names)
         if self.n_sources is None:
             self.build_discriminators(n)
