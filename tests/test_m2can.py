@@ -386,3 +386,25 @@ def test_aesthetics_layout_standin_trains(tmp_path, mm_root):
     results = train(cfg)
     assert results["task"] == "PCCD+RPCD->AVA" and results["epochs"] == 2
     assert 0.0 <= results["last"]["test/target_acc"] <= 1.0
+
+
+def test_m2can_resume_restores_selection(mm_root, tmp_path):
+    """The UACR selection travels with the checkpoint: a resumed run trains on the same target samples."""
+    def fit(max_epochs, ckpt=None):
+        torch.manual_seed(0)
+        model = M2CAN(small_net(), 2, partial(torch.optim.Adam, lr=1e-3))
+        dm = MultiSourceDataModule(mm_domains(mm_root), source="rest", target="dslr", batch_size=3, n_sample=3, eval_batch_size=12)
+        trainer = L.Trainer(max_epochs=max_epochs, accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            num_sanity_val_steps=0, default_root_dir=tmp_path, limit_val_batches=0)
+        trainer.fit(model, datamodule=dm, ckpt_path=ckpt)
+        return model, dm, trainer
+
+    model, dm, trainer = fit(2)
+    selected = model.store.valid.nonzero().flatten()
+    assert len(selected) > 0
+    ckpt = str(tmp_path / "state.ckpt")
+    trainer.save_checkpoint(ckpt)
+    model2, dm2, _ = fit(3, ckpt)
+    # epoch 2 is the last: no new selection, so the store still holds the checkpoint's selection
+    assert torch.equal(model2.store.valid.nonzero().flatten(), selected)
+    assert sorted(dm2.target_sampler.pool.tolist()) == sorted(selected.tolist())

@@ -26,6 +26,8 @@ UACR: after every epoch (except the last) the target train split (weak view) is 
 :class:`~lightning_da.pseudo_labels.PseudoLabelStore`, the target sampler restricted to them and
 resampled with repetition; nothing is written to disk).
 
+Configured ``extra_losses`` are added to ``L_1`` on the target's fused logits (when the target is present).
+
 Faithful quirks kept: every head is trained on every domain (heads are not source-specific);
 discriminator labels 0.2 / 0.8 (``disc_label_eps=0.8``); the CMCFA KL term is not detached; CDCFA
 has no negatives; MCC weight equals the CDAFA weight in the original configs.
@@ -148,6 +150,10 @@ class M2CAN(DAMethod):
             loss_mcc = minimum_class_confusion(fused[-1][1], self.hparams.mcc_temperature)
             loss = loss + self.hparams.w_mcc * loss_mcc
             logs["train/loss_mcc"] = loss_mcc.detach()
+            if self.extra:  # configured extra_losses act on the target's fused logits, like MCC
+                loss_extra, terms = self.extra(fused[-1][1])
+                loss = loss + loss_extra
+                logs.update({f"train/loss_{k}": v.detach() for k, v in terms.items()})
         if adversarial:
             pos = {d: i for i, d in enumerate(domain_ids)}
             terms = []
