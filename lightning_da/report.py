@@ -1,12 +1,20 @@
 """Collect ``results.json`` files under a folder into a table: mean and std over seeds per method and task.
 
     python -m lightning_da.report <runs or multirun folder> [--csv table.csv] [--by-folder]
+        [--selection] [--plot figure.png]
 
 Runs are grouped by method (with its norm when that is not ``bn``) and task; ``--by-folder`` groups
 by each run folder's parent instead (the ``<label>_<task>/seed<N>`` layout of the grid runners).
 
 Columns: target test accuracy of the last checkpoint, of the best checkpoint by the run's monitor
 (named), and the oracle best validation target accuracy (selected with target labels).
+
+``--selection`` treats the runs of each (task, seed) as one hyper-parameter search and asks, for
+every validator logged by the runs (``val/validator/<name>`` at the last validation epoch): which
+run would it pick, and what target accuracy (last checkpoint) does that run have, against the
+oracle (the best run by target accuracy) and the average run; plus the Spearman rank correlation
+between the validator and the target accuracy over the runs, averaged over the searches.
+``--plot`` draws each validator against target accuracy (one panel per validator) as a PNG.
 """
 
 from __future__ import annotations
@@ -67,11 +75,87 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join([head, *body])
 
 
+def final_validators(run: dict) -> dict[str, float]:
+    """``{name: value}`` of the validators at the run's last validation epoch."""
+    rows = [r for r in run.get("history", []) if any(k.startswith("val/validator/") for k in r)]
+    return {k.removeprefix("val/validator/"): v for k, v in (rows[-1] if rows else {}).items() if k.startswith("val/validator/")}
+
+
+def selection(runs: list[dict]) -> list[dict]:
+    """One row per validator: mean over (task, seed) searches of the selected run's, the oracle run's
+    and the average run's target accuracy (%), the regret and the mean Spearman correlation."""
+    from scipy.stats import spearmanr
+
+    searches: dict[tuple, list[dict]] = defaultdict(list)
+    for r in runs:
+        if "last" in r:
+            searches[(r["task"], r["seed"])].append(r)
+    names = sorted({n for r in runs for n in final_validators(r)})
+    rows = []
+    for name in names:
+        picked, oracle, average, rhos = [], [], [], []
+        for rs in searches.values():
+            scored = [(final_validators(r).get(name), r["last"]["test/target_acc"]) for r in rs]
+            scored = [(v, a) for v, a in scored if v is not None]
+            if len(scored) < 2:
+                continue
+            picked.append(max(scored, key=lambda t: t[0])[1])
+            oracle.append(max(a for _, a in scored))
+            average.append(statistics.mean(a for _, a in scored))
+            rho = spearmanr([v for v, _ in scored], [a for _, a in scored]).statistic
+            if rho == rho:  # not NaN (constant values)
+                rhos.append(float(rho))
+        if picked:
+            rows.append({"validator": name, "searches": len(picked), "runs_per_search": len(rs),
+                         "selected": 100 * statistics.mean(picked), "oracle": 100 * statistics.mean(oracle),
+                         "average": 100 * statistics.mean(average),
+                         "regret": 100 * (statistics.mean(oracle) - statistics.mean(picked)),
+                         "spearman": statistics.mean(rhos) if rhos else float("nan")})
+    return rows
+
+
+def selection_markdown(rows: list[dict]) -> str:
+    head = ("| validator | searches | selected run | oracle run | average run | regret (oracle - selected) | Spearman rho |\n"
+            "|---|---|---|---|---|---|---|")
+    body = [f"| {r['validator']} | {r['searches']} | {r['selected']:.2f} | {r['oracle']:.2f} | {r['average']:.2f} | "
+            f"{r['regret']:.2f} | {r['spearman']:.2f} |" for r in rows]
+    return "\n".join([head, *body])
+
+
+def plot(runs: list[dict], path: str | Path) -> None:
+    """Validator value vs target accuracy (last checkpoint), one panel per validator."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({n for r in runs for n in final_validators(r)})
+    if not names:
+        raise SystemExit("no run logged validators (val/validator/*): nothing to plot")
+    cols = min(4, len(names))
+    fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(4 * cols, 3.2 * ((len(names) + cols - 1) // cols)),
+                             squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        pts = [(final_validators(r)[name], 100 * r["last"]["test/target_acc"]) for r in runs
+               if name in final_validators(r) and "last" in r]
+        ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14)
+        ax.set_title(name)
+        ax.set_xlabel("validator (higher = better)")
+        ax.set_ylabel("target accuracy (%)")
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("folder")
     ap.add_argument("--csv", default=None, help="also write the table as CSV")
     ap.add_argument("--by-folder", action="store_true", help="group by the run folder's parent, not method and norm")
+    ap.add_argument("--selection", action="store_true", help="validator-selected vs oracle vs average run per (task, seed)")
+    ap.add_argument("--plot", default=None, help="write a PNG of each validator against target accuracy")
     args = ap.parse_args()
     runs = collect(args.folder)
     if not runs:
@@ -83,6 +167,12 @@ def main() -> None:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
+    if args.selection:
+        print()
+        print(selection_markdown(selection(runs)))
+    if args.plot:
+        plot(runs, args.plot)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_da.callbacks import MetricHistory, StepwiseTargetAccuracy
+from lightning_da.validators import VALIDATORS, ValidatorScores
 
 log = logging.getLogger(__name__)
 ORACLE_METRIC = "val/target_acc"
@@ -86,6 +87,15 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         raise ValueError(f"monitor={monitor} needs an evaluation split named {split.group(1)!r}, but this data evaluates "
                          f"{datamodule.eval_names} (monitors {available}); hold out source data with "
                          "data.source_holdout=0.1, pick another monitor, or monitor=null to report the last checkpoint only")
+    if monitor and monitor.startswith("val/validator/"):
+        name = monitor.removeprefix("val/validator/")
+        scorers = [c for c in callbacks if isinstance(c, ValidatorScores)]
+        enabled = [v.name for c in scorers for v in c.validators]
+        if name not in enabled:
+            raise ValueError(f"monitor={monitor}, but validator {name!r} is not computed (callbacks.validators.names: "
+                             f"{enabled}); available validators: {sorted(VALIDATORS)}")
+        if any(k.startswith("source_") for k in VALIDATORS[name].needs) and "source" not in datamodule.eval_names:
+            raise ValueError(f"monitor={monitor} needs a held-out source split: set data.source_holdout=0.1")
     ckpt_dir = os.path.join(cfg.paths.output_dir, "checkpoints")
     if monitor:  # first, so that trainer.checkpoint_callback is the best-by-monitor one
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode=cfg.monitor_mode, save_top_k=1,

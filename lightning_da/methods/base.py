@@ -101,6 +101,11 @@ class DAMethod(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
 
+    def predict_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features and the evaluation logits of ``x`` in one pass (validators, visuals)."""
+        f = self.features(x)
+        return f, self.classifier(f)
+
     def features_domains(self, *xs: torch.Tensor) -> torch.Tensor:
         """Features of ``cat(xs)`` (source first, target last) in one call, telling domain-aware
         norms that the rows before the last tensor are source."""

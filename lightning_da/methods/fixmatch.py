@@ -16,7 +16,6 @@ use joint source/target batch statistics instead).
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from lightning_da.losses import fixmatch_loss
 from lightning_da.methods.base import DAMethod
@@ -31,22 +30,12 @@ class FixMatch(DAMethod):
             raise ValueError(f"fixmatch threshold must be in [0, 1], got {threshold}")
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        (xs, ys), ((x_weak, x_strong), _) = batch["source"], batch["target"]
-        ns = len(xs)
+        """Pseudo labels from the weak view, then the base step on ``[x_s; x_strong]``."""
+        (xs, ys), ((x_weak, x_strong), idx) = batch["source"], batch["target"]
         with torch.no_grad():
-            probs_weak = self.forward_domains(xs, x_weak)[1][ns:].softmax(-1)
-        _, z = self.forward_domains(xs, x_strong)
-        loss_cls = F.cross_entropy(z[:ns], ys)
-        loss_st, mask, pseudo = fixmatch_loss(z[ns:], probs_weak, self.hparams.threshold, self.hparams.strict)
-        loss = loss_cls + self.trade_off * loss_st
-        logs = {}
-        if self.extra:
-            loss_extra, terms = self.extra(z[ns:])
-            loss = loss + loss_extra
-            logs.update({f"train/loss_{k}": v for k, v in terms.items()})
-        if self.logging_step():
-            with torch.no_grad():
-                logs["train/source_acc"] = (z[:ns].argmax(1) == ys).float().mean()
-            self.log_train({"train/loss": loss, "train/loss_cls": loss_cls, "train/loss_self_training": loss_st,
-                            "train/pseudo_label_ratio": mask.float().mean(), **logs})
-        return loss
+            self._probs_weak = self.forward_domains(xs, x_weak)[1][len(xs):].softmax(-1)
+        return super().training_step({"source": (xs, ys), "target": (x_strong, idx)}, batch_idx)
+
+    def transfer_loss(self, features, logits, n_source):
+        loss, mask, _ = fixmatch_loss(logits[n_source:], self._probs_weak, self.hparams.threshold, self.hparams.strict)
+        return loss, {"train/pseudo_label_ratio": mask.float().mean()}

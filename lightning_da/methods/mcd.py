@@ -44,8 +44,11 @@ class MCD(DAMethod):
         self.classifier2 = MLPClassifier(d, c, **self._head_cfg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.predict_features(x)[1]
+
+    def predict_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(x)
-        return self.classifier(f) + self.classifier2(f)
+        return f, self.classifier(f) + self.classifier2(f)
 
     # ------------------------------------------------------------------ the three steps
     def forward_heads(self, xs: torch.Tensor, xt: torch.Tensor, generator_grad: bool = True):

@@ -25,7 +25,11 @@ class ZeroShotCLIP(DAMethod):
         self.zero_shot = zero_shot_head(self.backbone, self._class_names, self._prompts)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.zero_shot(self.features(x))
+        return self.predict_features(x)[1]
+
+    def predict_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(x)
+        return f, self.zero_shot(f)
 
     def training_step(self, batch, batch_idx):
         raise RuntimeError("zero-shot CLIP has nothing to train: run it through lightning_da.train, which only evaluates it")
