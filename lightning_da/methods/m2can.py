@@ -100,7 +100,12 @@ class M2CAN(DAMethod):
         self.grls = nn.ModuleList(GradientReversal(auto_step=True, **self._grl_cfg) for _ in self.pairs)
 
     def forward(self, x) -> torch.Tensor:
-        return self.classifier(self.backbone(x)).mean(1)
+        return self.predict_features(x)[1]
+
+    def predict_features(self, x) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fused weak-view features ``X`` and the prediction, the mean of the heads' logits."""
+        f = self.features(x)
+        return f, self.classifier(f).mean(1)
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
