@@ -46,3 +46,55 @@ def constant_schedule(optimizer: torch.optim.Optimizer) -> LambdaLR:
 def progress_schedule(optimizer: torch.optim.Optimizer, total_steps: int, alpha: float = 10.0, beta: float = 0.75) -> LambdaLR:
     """DANN's annealing ``lr_p = lr_0 / (1 + alpha p)^beta`` with progress ``p = i / total_steps``."""
     return LambdaLR(optimizer, lambda i: (1.0 + alpha * i / max(total_steps, 1)) ** (-beta))
+
+
+def poly_schedule(optimizer: torch.optim.Optimizer, total_steps: int, power: float = 0.9, lowest: float = 0.0) -> LambdaLR:
+    """Poly decay per group, floored: ``lr_i = max(lr_0 (1 - i / total_steps)^power, lowest)`` (M2CAN)."""
+    lambdas = []
+    for group in optimizer.param_groups:
+        base = group.get("initial_lr", group["lr"])
+        floor = lowest / base if base > 0 else 0.0
+        lambdas.append(lambda i, floor=floor: max(max(1.0 - i / max(total_steps, 1), 0.0) ** power, floor))
+    return LambdaLR(optimizer, lambdas)
+
+
+class SAMPerturbation:
+    """Sharpness-aware minimisation (Foret et al. 2021) around any base optimiser, non-adaptive:
+
+    1. ``perturb()``: with the gradients g of the first pass, ``e = rho g / (||g||_2 + 1e-12)``
+       (one norm over every parameter that has a gradient) and ``w <- w + e``;
+    2. the caller zeroes the gradients and back-propagates the loss at ``w + e``;
+    3. ``restore()``: ``w <- w - e``; the caller then steps the base optimiser, which applies the
+       gradients taken at the perturbed point to the original weights.
+
+    ``rho`` is passed explicitly (the original reached the base groups through shared dicts).
+    """
+
+    def __init__(self, params, rho: float = 0.05):
+        if rho < 0:
+            raise ValueError(f"SAM rho must be >= 0, got {rho}")
+        self.params, self.rho = [p for p in params if p.requires_grad], rho
+        self._e: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    @torch.no_grad()
+    def perturb(self) -> torch.Tensor:
+        """Move to ``w + e``; returns ``||g||``."""
+        if self._e:
+            raise RuntimeError("SAMPerturbation.perturb called twice without restore")
+        with_grad = [p for p in self.params if p.grad is not None]
+        if not with_grad:
+            raise RuntimeError("SAM: no parameter has a gradient; back-propagate the first pass before perturb()")
+        norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(p.grad) for p in with_grad]))
+        scale = self.rho / (norm + 1e-12)
+        for p in with_grad:
+            e = p.grad * scale.to(p.grad.dtype)
+            p.add_(e)
+            self._e.append((p, e))
+        return norm
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """Back to ``w`` (gradients untouched)."""
+        for p, e in self._e:
+            p.sub_(e)
+        self._e = []

@@ -26,6 +26,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from lightning_da.data.batches import cat_inputs
 from lightning_da.data.domain import DataError, Domain, WithIndex, check_same_classes
 from lightning_da.data.samplers import CycleSampler, ShardSampler
 
@@ -47,6 +48,9 @@ class DADataModule(L.LightningDataModule):
         source_holdout: fraction of each source's train split held out for validation when the
             source has no test split (0 = none).
         strong_target_view: target training samples as (weak, strong) view pairs (see ``data.views``).
+        combine_sources: with several sources, give single-source methods one combined source: each
+            training batch ``{"sources": [(x1, y1), ...]}`` becomes ``{"source": (cat x, cat y)}``
+            (the combined-source baselines of multi-source DA, e.g. cDANN in the MDAN paper).
         eval_batch_size, num_workers, pin_memory, persistent_workers: loader settings.
         seed: seeds the training samplers and the hold-out split.
     """
@@ -55,7 +59,7 @@ class DADataModule(L.LightningDataModule):
                  root: str | None = None, domain_args: dict | None = None, batch_size: int = 32, target_batch_size: int | None = None,
                  iters_per_epoch: int = 500, drop_last: bool = True, target_eval: str = "auto", source_holdout: float = 0.0,
                  strong_target_view: bool = False, eval_batch_size: int = 256, num_workers: int = 0, pin_memory: bool = False,
-                 persistent_workers: bool = False, seed: int = 0):
+                 persistent_workers: bool = False, seed: int = 0, combine_sources: bool = False):
         super().__init__()
         if not drop_last:
             raise ValueError("data.drop_last=false is not supported: training batches must have a fixed size per domain")
@@ -76,6 +80,7 @@ class DADataModule(L.LightningDataModule):
         self.batch_size, self.target_batch_size = batch_size, target_batch_size or batch_size
         self.iters_per_epoch, self.target_eval, self.source_holdout = iters_per_epoch, target_eval, source_holdout
         self.strong_target_view = strong_target_view
+        self.combine_sources = combine_sources
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
         self.pin_memory, self.persistent_workers, self.seed = pin_memory, persistent_workers and num_workers > 0, seed
 
@@ -167,9 +172,27 @@ class DADataModule(L.LightningDataModule):
         sources = [self._train_loader(train, self.batch_size, self.seed + 17 * i)
                    for i, (train, _) in enumerate(self.source_splits)]
         target = self._train_loader(WithIndex(self.target_train), self.target_batch_size, self.seed + 7919)
+        self.target_sampler = target.sampler
+        if getattr(self, "_target_pool", None) is not None:
+            self.target_sampler.set_pool(self._target_pool)
         loaders = {"sources": sources} if self.multi_source else {"source": sources[0]}
         loaders["target"] = target
         return CombinedLoader(loaders, mode="min_size")
+
+    def on_before_batch_transfer(self, batch, dataloader_idx: int):
+        """``combine_sources``: the sources of a training batch merged into one source batch."""
+        if self.combine_sources and isinstance(batch, dict) and "sources" in batch:
+            batch = dict(batch)
+            sources = batch.pop("sources")
+            batch["source"] = (cat_inputs([x for x, _ in sources]), torch.cat([y for _, y in sources]))
+        return batch
+
+    def set_target_pool(self, indices) -> None:
+        """Train on the target samples ``indices`` only (None: all), resampled with repetition to the
+        epoch length (M2CAN's selected pseudo-labelled target); applies from the next epoch."""
+        self._target_pool = None if indices is None else torch.as_tensor(indices).long().cpu()
+        if getattr(self, "target_sampler", None) is not None:
+            self.target_sampler.set_pool(self._target_pool)
 
     def target_pass_loader(self, eval_transform: bool = True, batch_size: int | None = None) -> DataLoader:
         """Every target training sample once, in dataset order, as ``(x, index)`` batches (pseudo

@@ -13,6 +13,8 @@ class CycleSampler(Sampler[int]):
     a small domain cycles (reshuffled at every pass), a large one is sub-sampled. Under DDP each of
     the ``world_size`` processes takes its own interleaved slice of the same permutation stream,
     so the processes see disjoint samples. ``set_epoch`` (called by Lightning) reseeds the stream.
+    ``pool`` (settable between epochs, e.g. the pseudo-labelled target samples a method selected)
+    restricts the draw to those indices; None draws from all ``n``.
     """
 
     def __init__(self, n: int, num_samples: int, shuffle: bool = True, seed: int = 0, rank: int = 0, world_size: int = 1):
@@ -20,6 +22,19 @@ class CycleSampler(Sampler[int]):
             raise ValueError("CycleSampler needs a non-empty dataset")
         self.n, self.num_samples, self.shuffle, self.seed = n, num_samples, shuffle, seed
         self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.pool: torch.Tensor | None = None
+
+    def set_pool(self, indices) -> None:
+        """Draw only from ``indices`` (None: from all); takes effect at the next epoch's iteration."""
+        if indices is None:
+            self.pool = None
+            return
+        pool = torch.as_tensor(indices, dtype=torch.long).reshape(-1).cpu()
+        if len(pool) == 0:
+            raise ValueError("CycleSampler.set_pool got no indices")
+        if int(pool.min()) < 0 or int(pool.max()) >= self.n:
+            raise ValueError(f"CycleSampler.set_pool: indices must lie in [0, {self.n})")
+        self.pool = pool
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -30,8 +45,11 @@ class CycleSampler(Sampler[int]):
     def __iter__(self):
         total = self.num_samples * self.world_size
         g = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch)
-        passes = -(-total // self.n)
-        order = torch.cat([torch.randperm(self.n, generator=g) if self.shuffle else torch.arange(self.n) for _ in range(passes)])
+        n = self.n if self.pool is None else len(self.pool)
+        passes = -(-total // n)
+        order = torch.cat([torch.randperm(n, generator=g) if self.shuffle else torch.arange(n) for _ in range(passes)])
+        if self.pool is not None:
+            order = self.pool[order]
         return iter(order[self.rank:total:self.world_size].tolist())
 
 

@@ -7,10 +7,11 @@ from lightning_da.methods.cmkd import CMKD
 from lightning_da.methods.dann import DANN
 from lightning_da.methods.fixmatch import FixMatch
 from lightning_da.methods.hda import HDANet, TargetOnly
+from lightning_da.methods.m2can import M2CAN
 from lightning_da.methods.mcd import MCD
 from lightning_da.methods.source_only import SourceOnly
 from lightning_da.methods.ssan import SSAN
 from lightning_da.methods.zeroshot import ZeroShotCLIP
 
-__all__ = ["DAMethod", "CDAN", "CGDM", "CMKD", "DANN", "FixMatch", "HDANet", "MCD", "SourceOnly", "SSAN", "TargetOnly",
+__all__ = ["DAMethod", "CDAN", "CGDM", "CMKD", "DANN", "FixMatch", "HDANet", "M2CAN", "MCD", "SourceOnly", "SSAN", "TargetOnly",
            "ZeroShotCLIP"]

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_da.data.batches import cat_inputs, input_len
 from lightning_da.losses import ExtraLoss
 from lightning_da.models.grl import GradientReversal
 from lightning_da.models.heads import Bottleneck, Classifier
@@ -93,7 +94,7 @@ class DAMethod(L.LightningModule):
         return ["backbone", "bottleneck"]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last and x.ndim == 4:
+        if self.hparams.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.bottleneck(self.backbone(x))
 
@@ -108,8 +109,8 @@ class DAMethod(L.LightningModule):
     def features_domains(self, *xs: torch.Tensor) -> torch.Tensor:
         """Features of ``cat(xs)`` (source first, target last) in one call, telling domain-aware
         norms that the rows before the last tensor are source."""
-        x = torch.cat(xs) if len(xs) > 1 else xs[0]
-        with domain_split(self, sum(len(t) for t in xs[:-1])):
+        x = cat_inputs(xs)  # tensors, or dicts of inputs (multi-modal data)
+        with domain_split(self, sum(input_len(t) for t in xs[:-1])):
             return self.features(x)
 
     def forward_domains(self, *xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,7 +126,7 @@ class DAMethod(L.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         (xs, ys), (xt, _) = batch["source"], batch["target"]
         f, z = self.forward_domains(xs, xt)
-        ns = len(xs)
+        ns = input_len(xs)
         loss_cls = F.cross_entropy(z[:ns], ys)
         loss_transfer, logs = self.transfer_loss(f, z, ns)
         loss = loss_cls + self.trade_off * loss_transfer
@@ -222,10 +223,11 @@ class DAMethod(L.LightningModule):
         """Memory format, compilation, and metrics per stage and evaluation loader (before DDP wraps
         the module)."""
         dm = getattr(self.trainer, "datamodule", None)
-        if stage == "fit" and getattr(dm, "multi_source", False) and not self.supports_multi_source:
+        if (stage == "fit" and getattr(dm, "multi_source", False) and not self.supports_multi_source
+                and not getattr(dm, "combine_sources", False)):
             raise ValueError(f"{type(self).__name__} trains on one source domain, but data.source lists "
-                             f"{dm.source_names}; give one source (the combined-source baselines come with the "
-                             "multi-source methods)")
+                             f"{dm.source_names}; give one source, or data.combine_sources=true to train on "
+                             "the sources combined into one")
         if self.hparams.channels_last:
             self.to(memory_format=torch.channels_last)
         if self.hparams.compile and stage == "fit" and not getattr(self, "_compiled", False):

@@ -28,6 +28,7 @@ from typing import Callable, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from torch.utils.data import DataLoader, Subset
 
 from lightning_da.validators.scores import (bnm_score, class_ami_score, dev_score, entropy_score, im_score, snd_score,
@@ -96,7 +97,7 @@ class ValidatorScores(L.Callback):
         loader = DataLoader(Subset(dataset, shard.tolist()), batch_size=dm.eval_batch_size, num_workers=dm.num_workers)
         feats, logits, labels = [], [], []
         for x, y in loader:
-            f, z = module.predict_features(x.to(module.device))
+            f, z = module.predict_features(move_data_to_device(x, module.device))  # tensors or dicts of inputs
             feats.append(f.float())
             logits.append(z.float())
             labels.append(torch.as_tensor(y, device=module.device))
