@@ -13,6 +13,7 @@ import logging
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import move_data_to_device
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch.utils.data import DataLoader, Subset
 
@@ -70,7 +71,7 @@ class EmbeddingVisuals(L.Callback):
         idx = torch.randperm(len(dataset), generator=g)[:self.max_per_domain].tolist()
         feats, logits, labels = [], [], []
         for x, y in DataLoader(Subset(dataset, idx), batch_size=dm.eval_batch_size, num_workers=dm.num_workers):
-            f, z = module.predict_features(x.to(module.device))
+            f, z = module.predict_features(move_data_to_device(x, module.device))
             feats.append(f.float().cpu())
             logits.append(z.float().cpu())
             labels.append(torch.as_tensor(y))
