@@ -113,12 +113,14 @@ class TextEncoder(nn.Module):
         return torch.stack([self._cache[t] for t in texts]).to(device)
 
     def save_cache(self) -> None:
-        """Write the cache to ``cache_file`` (if set)."""
-        if self.cache_file and self._cache:
+        """Write the cache to ``cache_file`` (if set and this run encoded anything new). The file is
+        replaced atomically, so runs sharing a cache never read a half-written file."""
+        if self.cache_file and self._cache and self.cache_misses:
             os.makedirs(os.path.dirname(os.path.abspath(self.cache_file)), exist_ok=True)
             texts = list(self._cache)
-            torch.save({"tag": self._tag, "texts": texts, "emb": torch.stack([self._cache[t] for t in texts])},
-                       self.cache_file)
+            tmp = f"{self.cache_file}.tmp{os.getpid()}"
+            torch.save({"tag": self._tag, "texts": texts, "emb": torch.stack([self._cache[t] for t in texts])}, tmp)
+            os.replace(tmp, self.cache_file)
 
 
 class IdentityInitLinear(nn.Linear):
