@@ -13,9 +13,7 @@ import logging
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import move_data_to_device
 from lightning.pytorch.loggers import TensorBoardLogger
-from torch.utils.data import DataLoader, Subset
 
 log = logging.getLogger(__name__)
 
@@ -65,17 +63,13 @@ class EmbeddingVisuals(L.Callback):
     def __init__(self, max_per_domain: int = 500, perplexity: float = 30.0, iters: int = 500, seed: int = 0):
         self.max_per_domain, self.perplexity, self.iters, self.seed = max_per_domain, perplexity, iters, seed
 
-    @torch.no_grad()
     def _features(self, module, dataset, dm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        from lightning_da.validators import predict_subset
+
         g = torch.Generator().manual_seed(self.seed)
         idx = torch.randperm(len(dataset), generator=g)[:self.max_per_domain].tolist()
-        feats, logits, labels = [], [], []
-        for x, y in DataLoader(Subset(dataset, idx), batch_size=dm.eval_batch_size, num_workers=dm.num_workers):
-            f, z = module.predict_features(move_data_to_device(x, module.device))
-            feats.append(f.float().cpu())
-            logits.append(z.float().cpu())
-            labels.append(torch.as_tensor(y))
-        return torch.cat(feats), torch.cat(logits), torch.cat(labels)
+        out = predict_subset(module, dataset, idx, dm.eval_batch_size, dm.num_workers)
+        return out["features"].cpu(), out["logits"].cpu(), out["labels"].cpu()
 
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         tb = next((lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)), None)

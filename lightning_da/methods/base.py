@@ -178,7 +178,7 @@ class DAMethod(L.LightningModule):
         return max(int(steps), 1)
 
     def on_train_start(self) -> None:
-        self._attach_gate_clamp()
+        self._hook_optimizer_steps()
         self._stepped_grls = [m for m in self.modules() if isinstance(m, GradientReversal) and not m.auto_step]
         for m in self._stepped_grls:
             if m.schedule_over_training:
@@ -188,15 +188,20 @@ class DAMethod(L.LightningModule):
         for m in self._stepped_grls:
             m.step = self.global_step
 
-    def _attach_gate_clamp(self) -> None:
-        """RN's gates are clamped to [0.5, 1] after every optimiser step, automatic or manual: a
-        post-step hook on each optimiser (registered once per optimiser)."""
-        if not any(isinstance(m, ReciprocalNorm) for m in self.modules()):
-            return
+    def _hook_optimizer_steps(self) -> None:
+        """Run :meth:`after_optimizer_step` after every optimiser step, automatic or manual: one
+        post-step hook per optimiser (registered once, so resumed or repeated fits do not stack them)."""
+        self._has_gates = any(isinstance(m, ReciprocalNorm) for m in self.modules())
         for opt in self.trainer.optimizers:
-            if not getattr(opt, "_clamps_norm_gates", False):
-                opt.register_step_post_hook(lambda *_: clamp_norm_gates(self))
-                opt._clamps_norm_gates = True
+            if not getattr(opt, "_da_post_step_hook", False):
+                opt.register_step_post_hook(lambda *_: self.after_optimizer_step())
+                opt._da_post_step_hook = True
+
+    def after_optimizer_step(self) -> None:
+        """Constraints re-imposed after each optimiser step (before the scheduler steps): RN's gates
+        are clamped to [0.5, 1]. Methods with more (CMKD's RST reset) extend this."""
+        if self._has_gates:
+            clamp_norm_gates(self)
 
     # ------------------------------------------------------------------ evaluation
     def on_validation_epoch_start(self) -> None:

@@ -112,13 +112,10 @@ class CMKD(DAMethod):
         return loss
 
     # ------------------------------------------------------------------ RST
-    def on_train_start(self) -> None:
-        super().on_train_start()
+    def after_optimizer_step(self) -> None:
+        super().after_optimizer_step()
         if self.rst is not None:
-            for opt in self.trainer.optimizers:  # after optimizer.step(), before the scheduler steps
-                if not getattr(opt, "_rst_hooked", False):
-                    opt.register_step_post_hook(lambda *_: self.rst.reset_small_changes(self.backbone))
-                    opt._rst_hooked = True
+            self.rst.reset_small_changes(self.backbone)
 
     def on_train_epoch_end(self) -> None:
         if self.rst is not None:

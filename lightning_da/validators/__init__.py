@@ -62,6 +62,19 @@ VALIDATORS = {v.name: v for v in [
 ]}
 
 
+@torch.no_grad()
+def predict_subset(module: L.LightningModule, dataset, indices, batch_size: int, num_workers: int = 0) -> dict[str, torch.Tensor]:
+    """Features, logits (``module.predict_features``) and labels of ``dataset[indices]``, on the
+    module's device (inputs may be tensors or dicts of them)."""
+    feats, logits, labels = [], [], []
+    for x, y in DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers):
+        f, z = module.predict_features(move_data_to_device(x, module.device))  # tensors or dicts of inputs
+        feats.append(f.float())
+        logits.append(z.float())
+        labels.append(torch.as_tensor(y, device=module.device))
+    return {"features": torch.cat(feats), "logits": torch.cat(logits), "labels": torch.cat(labels)}
+
+
 def _gather_rows(module: L.LightningModule, rows: torch.Tensor) -> torch.Tensor:
     """Concatenate every process's ``rows`` (different lengths allowed), in rank order."""
     if module.trainer.world_size == 1:
@@ -94,14 +107,7 @@ class ValidatorScores(L.Callback):
         put back in index order."""
         shard = indices[trainer.global_rank::trainer.world_size]
         dm = trainer.datamodule
-        loader = DataLoader(Subset(dataset, shard.tolist()), batch_size=dm.eval_batch_size, num_workers=dm.num_workers)
-        feats, logits, labels = [], [], []
-        for x, y in loader:
-            f, z = module.predict_features(move_data_to_device(x, module.device))  # tensors or dicts of inputs
-            feats.append(f.float())
-            logits.append(z.float())
-            labels.append(torch.as_tensor(y, device=module.device))
-        out = {"features": torch.cat(feats), "logits": torch.cat(logits), "labels": torch.cat(labels),
+        out = {**predict_subset(module, dataset, shard.tolist(), dm.eval_batch_size, dm.num_workers),
                "index": shard.to(module.device)}
         out = {k: _gather_rows(module, v) for k, v in out.items()}
         order = out.pop("index").argsort()
@@ -143,4 +149,4 @@ class ValidatorScores(L.Callback):
             module.log(f"val/validator/{v.name}", v(data))
 
 
-__all__ = ["VALIDATORS", "Validator", "ValidatorScores"]
+__all__ = ["VALIDATORS", "Validator", "ValidatorScores", "predict_subset"]
