@@ -92,6 +92,12 @@ def test_bf16_mixed_on_cpu(tmp_path):
     assert res["precision"] == "bf16-mixed"
 
 
+def test_logger_none_with_default_callbacks(tmp_path):
+    res = train(make_cfg(tmp_path, ["method=source_only", "logger=none", *QUICK]))  # the LR monitor needs a logger: dropped
+    check_results(res, 4)
+    assert not (tmp_path / "tensorboard").exists()
+
+
 def test_resume_continues_where_it_stopped(tmp_path):
     train(make_cfg(tmp_path / "a", ["method=dann", *QUICK]))
     last = str(tmp_path / "a" / "checkpoints" / "last.ckpt")

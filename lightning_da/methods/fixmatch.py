@@ -33,7 +33,7 @@ class FixMatch(DAMethod):
         """Pseudo labels from the weak view, then the base step on ``[x_s; x_strong]``."""
         (xs, ys), ((x_weak, x_strong), idx) = batch["source"], batch["target"]
         with torch.no_grad():
-            self._probs_weak = self.forward_domains(xs, x_weak)[1][len(xs):].softmax(-1)
+            self._probs_weak = self.forward_domains(xs, x_weak)[1][len(ys):].softmax(-1)
         return super().training_step({"source": (xs, ys), "target": (x_strong, idx)}, batch_idx)
 
     def transfer_loss(self, features, logits, n_source):

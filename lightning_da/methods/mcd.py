@@ -70,7 +70,7 @@ class MCD(DAMethod):
     def step_a(self, batch, opt_g, opt_f) -> dict:
         xs, ys, xt = self.unpack(batch)
         f, z1, z2 = self.forward_heads(xs, xt)
-        ns = len(xs)
+        ns = len(ys)
         loss_cls = F.cross_entropy(z1[:ns], ys) + F.cross_entropy(z2[:ns], ys)
         extra, logs = self.step_terms("A", f, z1, z2, ns, batch)
         if self.extra:  # configured extra_losses act on both heads' target logits in step A
@@ -85,7 +85,7 @@ class MCD(DAMethod):
     def step_b(self, batch, opt_f) -> dict:
         xs, ys, xt = self.unpack(batch)
         f, z1, z2 = self.forward_heads(xs, xt, generator_grad=False)
-        ns = len(xs)
+        ns = len(ys)
         disc = classifier_discrepancy(z1[ns:], z2[ns:])
         extra, logs = self.step_terms("B", f, z1, z2, ns, batch)
         loss = F.cross_entropy(z1[:ns], ys) + F.cross_entropy(z2[:ns], ys) - self.w_dis * disc + extra
@@ -95,11 +95,11 @@ class MCD(DAMethod):
         return {"train/discrepancy_heads": disc.detach(), **logs}
 
     def step_c(self, batch, opt_g) -> dict:
-        xs, _, xt = self.unpack(batch)
+        xs, ys, xt = self.unpack(batch)
         logs = {}
         for _ in range(self.num_k):
             f, z1, z2 = self.forward_heads(xs, xt)
-            ns = len(xs)
+            ns = len(ys)
             disc = classifier_discrepancy(z1[ns:], z2[ns:])
             extra, logs = self.step_terms("C", f, z1, z2, ns, batch)
             opt_g.zero_grad()
