@@ -1,10 +1,12 @@
 """Collect ``results.json`` files under a folder into a table: mean and std over seeds per method and task.
 
     python -m lightning_da.report <runs or multirun folder> [--csv table.csv] [--by-folder]
-        [--selection] [--plot figure.png]
+        [--by KEY [KEY ...]] [--selection] [--plot figure.png]
 
 Runs are grouped by method (with its norm when that is not ``bn``) and task; ``--by-folder`` groups
-by each run folder's parent instead (the ``<label>_<task>/seed<N>`` layout of the grid runners).
+by each run folder's parent instead (the ``<label>_<task>/seed<N>`` layout of the grid runners);
+``--by method.trade_off optimizer.lr`` adds the values of those config keys, read from each run's
+``.hydra/config.yaml`` (one row per grid point of a sweep).
 
 Columns: target test accuracy of the last checkpoint, of the best checkpoint by the run's monitor
 (named), and the oracle best validation target accuracy (selected with target labels).
@@ -31,8 +33,21 @@ def collect(folder: str | Path) -> list[dict]:
     runs = []
     for path in sorted(Path(folder).rglob("results.json")):
         with open(path) as fh:
-            runs.append(json.load(fh))
+            runs.append({**json.load(fh), "results_dir": str(path.parent)})
     return runs
+
+
+def config_value(run: dict, key: str):
+    """The value of a dotted config key in the Hydra config saved next to the run's results."""
+    from omegaconf import OmegaConf
+
+    path = Path(run.get("results_dir", run["output_dir"])) / ".hydra" / "config.yaml"
+    if not path.exists():
+        raise SystemExit(f"--by {key}: {path} does not exist (the run was not made by run.py with Hydra's output subdir)")
+    value = OmegaConf.select(OmegaConf.load(path), key, default="<missing>")
+    if value == "<missing>":
+        raise SystemExit(f"--by {key}: no such key in {path}")
+    return value
 
 
 def _mean_std(values: list[float]) -> str:
@@ -43,17 +58,19 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(pct):.2f} ± {std:.2f}"
 
 
-def label(run: dict, by_folder: bool = False) -> str:
+def label(run: dict, by_folder: bool = False, by: tuple[str, ...] = ()) -> str:
     if by_folder:
-        return Path(run["output_dir"]).parent.name
-    norm = run.get("norm", "bn")
-    return run["method"] if norm == "bn" else f"{run['method']} + {norm}"
+        name = Path(run["output_dir"]).parent.name
+    else:
+        norm = run.get("norm", "bn")
+        name = run["method"] if norm == "bn" else f"{run['method']} + {norm}"
+    return " ".join([name, *(f"{key}={config_value(run, key)}" for key in by)])
 
 
-def table(runs: list[dict], by_folder: bool = False) -> list[dict]:
+def table(runs: list[dict], by_folder: bool = False, by: tuple[str, ...] = ()) -> list[dict]:
     groups: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
-        groups[(label(r, by_folder), r["task"])].append(r)
+        groups[(label(r, by_folder, by), r["task"])].append(r)
     rows = []
     for (method, task), rs in sorted(groups.items()):
         monitors = sorted({r["best"]["monitor"] for r in rs if "best" in r})
@@ -154,13 +171,14 @@ def main() -> None:
     ap.add_argument("folder")
     ap.add_argument("--csv", default=None, help="also write the table as CSV")
     ap.add_argument("--by-folder", action="store_true", help="group by the run folder's parent, not method and norm")
+    ap.add_argument("--by", nargs="+", default=(), metavar="KEY", help="also group by these config keys (e.g. method.trade_off)")
     ap.add_argument("--selection", action="store_true", help="validator-selected vs oracle vs average run per (task, seed)")
     ap.add_argument("--plot", default=None, help="write a PNG of each validator against target accuracy")
     args = ap.parse_args()
     runs = collect(args.folder)
     if not runs:
         raise SystemExit(f"no results.json under {args.folder}")
-    rows = table(runs, args.by_folder)
+    rows = table(runs, args.by_folder, tuple(args.by))
     print(markdown(rows))
     if args.csv:
         with open(args.csv, "w", newline="") as fh:

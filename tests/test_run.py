@@ -146,6 +146,8 @@ def test_multirun_two_jobs(tmp_path):
     mean = sum(accs) / 2
     assert rows[0]["last"].startswith(f"{mean:.2f} ± ")
     assert "| DANN | mnist->usps | 2 |" in markdown(rows)
+    by_seed = table(collect(tmp_path), by=("seed", "method.trade_off"))  # keys from each run's .hydra/config.yaml
+    assert [r["method"] for r in by_seed] == ["DANN seed=0 method.trade_off=1.0", "DANN seed=1 method.trade_off=1.0"]
 
 
 def test_optuna_search_two_trials(tmp_path):
