@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import get_class, instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, ProgressBar
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -96,6 +96,11 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
                              f"{enabled}); available validators: {sorted(VALIDATORS)}")
         if any(k.startswith("source_") for k in VALIDATORS[name].needs) and "source" not in datamodule.eval_names:
             raise ValueError(f"monitor={monitor} needs a held-out source split: set data.source_holdout=0.1")
+    stop = cfg.get("early_stopping") or {}
+    if stop.get("patience") is not None:
+        if not monitor:
+            raise ValueError("early_stopping.patience is set but monitor=null: name the metric to stop on (e.g. monitor=val/validator/snd)")
+        callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.monitor_mode, patience=stop.patience, min_delta=stop.get("min_delta", 0.0)))
     ckpt_dir = os.path.join(cfg.paths.output_dir, "checkpoints")
     if monitor:  # first, so that trainer.checkpoint_callback is the best-by-monitor one
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode=cfg.monitor_mode, save_top_k=1,

@@ -98,6 +98,16 @@ def test_logger_none_with_default_callbacks(tmp_path):
     assert not (tmp_path / "tensorboard").exists()
 
 
+def test_early_stopping_on_a_validator(tmp_path):
+    # an improvement of 10 is impossible: epoch 0 sets the best, epoch 1 does not improve, patience 1 stops there
+    res = train(make_cfg(tmp_path, ["method=source_only", *QUICK, "trainer.max_epochs=5", "monitor=val/validator/entropy",
+                                    "early_stopping.patience=1", "early_stopping.min_delta=10"]))
+    assert res["epochs"] == 2 and [h["epoch"] for h in res["history"]] == [0, 1]
+    assert res["best"]["monitor"] == "val/validator/entropy"
+    with pytest.raises(ValueError, match="monitor=null"):
+        train(make_cfg(tmp_path / "b", ["method=source_only", *QUICK, "monitor=null", "early_stopping.patience=1"]))
+
+
 def test_resume_continues_where_it_stopped(tmp_path):
     train(make_cfg(tmp_path / "a", ["method=dann", *QUICK]))
     last = str(tmp_path / "a" / "checkpoints" / "last.ckpt")
