@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import statistics
 from collections import defaultdict
@@ -37,6 +38,13 @@ def collect(folder: str | Path) -> list[dict]:
     return runs
 
 
+@functools.lru_cache(maxsize=None)
+def _hydra_config(path: Path):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.load(path)
+
+
 def config_value(run: dict, key: str):
     """The value of a dotted config key in the Hydra config saved next to the run's results."""
     from omegaconf import OmegaConf
@@ -44,7 +52,7 @@ def config_value(run: dict, key: str):
     path = Path(run.get("results_dir", run["output_dir"])) / ".hydra" / "config.yaml"
     if not path.exists():
         raise SystemExit(f"--by {key}: {path} does not exist (the run was not made by run.py with Hydra's output subdir)")
-    value = OmegaConf.select(OmegaConf.load(path), key, default="<missing>")
+    value = OmegaConf.select(_hydra_config(path), key, default="<missing>")
     if value == "<missing>":
         raise SystemExit(f"--by {key}: no such key in {path}")
     return value
@@ -103,16 +111,16 @@ def selection(runs: list[dict]) -> list[dict]:
     and the average run's target accuracy (%), the regret and the mean Spearman correlation."""
     from scipy.stats import spearmanr
 
-    searches: dict[tuple, list[dict]] = defaultdict(list)
+    searches: dict[tuple, list[tuple[dict, float]]] = defaultdict(list)  # (validators, target accuracy) per run
     for r in runs:
         if "last" in r:
-            searches[(r["task"], r["seed"])].append(r)
-    names = sorted({n for r in runs for n in final_validators(r)})
+            searches[(r["task"], r["seed"])].append((final_validators(r), r["last"]["test/target_acc"]))
+    names = sorted({n for rs in searches.values() for scores, _ in rs for n in scores})
     rows = []
     for name in names:
         picked, oracle, average, rhos = [], [], [], []
         for rs in searches.values():
-            scored = [(final_validators(r).get(name), r["last"]["test/target_acc"]) for r in rs]
+            scored = [(scores.get(name), acc) for scores, acc in rs]
             scored = [(v, a) for v, a in scored if v is not None]
             if len(scored) < 2:
                 continue
@@ -123,7 +131,7 @@ def selection(runs: list[dict]) -> list[dict]:
             if rho == rho:  # not NaN (constant values)
                 rhos.append(float(rho))
         if picked:
-            rows.append({"validator": name, "searches": len(picked), "runs_per_search": len(rs),
+            rows.append({"validator": name, "searches": len(picked), "runs_per_search": max(len(rs) for rs in searches.values()),
                          "selected": 100 * statistics.mean(picked), "oracle": 100 * statistics.mean(oracle),
                          "average": 100 * statistics.mean(average),
                          "regret": 100 * (statistics.mean(oracle) - statistics.mean(picked)),
@@ -146,15 +154,15 @@ def plot(runs: list[dict], path: str | Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = sorted({n for r in runs for n in final_validators(r)})
+    scored = [(final_validators(r), 100 * r["last"]["test/target_acc"]) for r in runs if "last" in r]
+    names = sorted({n for scores, _ in scored for n in scores})
     if not names:
         raise SystemExit("no run logged validators (val/validator/*): nothing to plot")
     cols = min(4, len(names))
     fig, axes = plt.subplots((len(names) + cols - 1) // cols, cols, figsize=(4 * cols, 3.2 * ((len(names) + cols - 1) // cols)),
                              squeeze=False)
     for ax, name in zip(axes.flat, names):
-        pts = [(final_validators(r)[name], 100 * r["last"]["test/target_acc"]) for r in runs
-               if name in final_validators(r) and "last" in r]
+        pts = [(scores[name], acc) for scores, acc in scored if name in scores]
         ax.scatter([p[0] for p in pts], [p[1] for p in pts], s=14)
         ax.set_title(name)
         ax.set_xlabel("validator (higher = better)")

@@ -95,9 +95,9 @@ class EmbeddingVisuals(L.Callback):
         ax1.scatter(*emb[ns:].T, s=6, c="tab:red", label=f"target ({dm.target_name})")
         ax1.legend(loc="best", fontsize=8)
         ax1.set_title("t-SNE of features, by domain")
-        labels = torch.cat([ys, yt])
-        ax2.scatter(*emb[:ns].T, s=6, c=labels[:ns], cmap="tab20", marker="o", vmin=0, vmax=max(int(labels.max()), 1))
-        ax2.scatter(*emb[ns:].T, s=10, c=labels[ns:], cmap="tab20", marker="x", vmin=0, vmax=max(int(labels.max()), 1))
+        colours = dict(cmap="tab20", vmin=0, vmax=max(int(torch.cat([ys, yt]).max()), 1))  # one class colour map for both
+        ax2.scatter(*emb[:ns].T, s=6, c=ys, marker="o", **colours)
+        ax2.scatter(*emb[ns:].T, s=10, c=yt, marker="x", **colours)
         ax2.set_title("by class (o source, x target)")
         fig.tight_layout()
         tb.experiment.add_figure("visuals/tsne", fig, global_step=trainer.global_step)

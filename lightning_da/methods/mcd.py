@@ -96,10 +96,9 @@ class MCD(DAMethod):
 
     def step_c(self, batch, opt_g) -> dict:
         xs, ys, xt = self.unpack(batch)
-        logs = {}
+        ns, logs = len(ys), {}
         for _ in range(self.num_k):
             f, z1, z2 = self.forward_heads(xs, xt)
-            ns = len(ys)
             disc = classifier_discrepancy(z1[ns:], z2[ns:])
             extra, logs = self.step_terms("C", f, z1, z2, ns, batch)
             opt_g.zero_grad()
