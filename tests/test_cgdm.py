@@ -40,8 +40,9 @@ def test_step_terms_by_step():
 
 @pytest.mark.parametrize("step,expected", [("a", {"backbone", "bottleneck", "classifier", "classifier2"}),
                                            ("b", {"classifier", "classifier2"}), ("c", {"backbone", "bottleneck"})])
-def test_each_step_updates_exactly_its_parameters(step, expected):
-    model, opt_g, opt_f, batch = make_cgdm()
+@pytest.mark.parametrize("domain_forward", ["joint", "separate"])
+def test_each_step_updates_exactly_its_parameters(step, expected, domain_forward):
+    model, opt_g, opt_f, batch = make_cgdm(domain_forward=domain_forward)
     before = snapshot(model)
     {"a": lambda: model.step_a(batch, opt_g, opt_f), "b": lambda: model.step_b(batch, opt_f),
      "c": lambda: model.step_c(batch, opt_g)}[step]()

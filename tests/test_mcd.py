@@ -78,3 +78,30 @@ def test_mcd_trains_through_run_py(tmp_path):
                                     "+method.extra_losses.entropy=0.1", "trainer.precision=bf16-mixed"]))
     assert res["steps"] == 4 * 7  # optimiser steps per batch: 2 in A (G and heads), 1 in B, num_k=4 in C
     assert 0 <= res["last"]["test/target_acc"] <= 1 and 0 <= res["best"]["test/target_acc"] <= 1
+
+
+def test_separate_domain_forward_normalises_each_domain_on_its_own():
+    torch.manual_seed(0)
+    model = MCD(build_backbone("lenet_bn", input_size=32), 10, optimizer=partial(torch.optim.SGD, lr=0.1),
+                bottleneck={"dim": 0}, head={"hidden": [32], "batch_norm": True, "dropout": 0.0},
+                domain_forward="separate")
+    xs, xt = torch.randn(8, 1, 32, 32), 3 * torch.randn(8, 1, 32, 32) + 1
+    with torch.no_grad():  # train mode: BatchNorm uses the statistics of the batch it is given
+        f, z1, z2 = model.forward_heads(xs, xt)
+        for x, rows in ((xs, slice(0, 8)), (xt, slice(8, 16))):
+            torch.testing.assert_close(f[rows], model.features(x))
+            torch.testing.assert_close(z1[rows], model.classifier(model.features(x)))
+            torch.testing.assert_close(z2[rows], model.classifier2(model.features(x)))
+        model.domain_forward = "joint"
+        _, joint1, _ = model.forward_heads(xs, xt)
+    assert not torch.allclose(joint1[:8], z1[:8], atol=1e-3)  # the joint forward mixes the statistics
+
+
+def test_separate_domain_forward_refuses_domain_aware_norm_and_unknown_modes():
+    from lightning_da.norm import DomainSplitError, convert_norm
+
+    with pytest.raises(DomainSplitError, match="domain_forward=separate"):
+        MCD(build_backbone("lenet_bn", input_size=32), 10, optimizer=torch.optim.SGD,
+            norm=partial(convert_norm, kind="dsbn"), domain_forward="separate")
+    with pytest.raises(ValueError, match="'joint' or 'separate'"):
+        MCD(build_backbone("lenet"), 10, optimizer=torch.optim.SGD, domain_forward="split")

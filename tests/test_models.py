@@ -81,3 +81,10 @@ def test_domain_split_contract():
     with pytest.raises(DomainSplitError, match="does not fit"):
         with domain_split(net, 5):
             net(torch.zeros(5, 2))
+
+
+def test_digit_backbones_refuse_weights_and_unknown_options():
+    with pytest.raises(ValueError, match="trained from scratch"):
+        build_backbone("lenet_bn", pretrained=True)
+    with pytest.raises(TypeError, match=r"not \['image_size'\]"):
+        build_backbone("lenet_bn", image_size=32)  # the option is input_size; a typo must not pass silently

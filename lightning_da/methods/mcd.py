@@ -8,6 +8,13 @@ A generator G (backbone + bottleneck) feeds two classifier heads F1, F2. With
 * B (F1, F2):     ``CE_s(F1) + CE_s(F2) - w_dis * d(F1(G(x_t)), F2(G(x_t)))`` with G fixed
 * C (G), ``num_k`` times: ``w_dis * d(F1(G(x_t)), F2(G(x_t)))`` with F1, F2 fixed
 
+``domain_forward`` picks how a step forwards the two domains. ``"joint"`` (default; CGDM's code,
+which this class is the base of) runs G, F1 and F2 once on ``[x_s; x_t]``, so every BatchNorm
+normalises with statistics of the mixed batch. ``"separate"`` (Saito's MCD code) runs them once per
+domain, so in training every BatchNorm, in G and in the heads, uses per-domain batch statistics
+(the running statistics used at evaluation still mix both domains). A domain-aware ``norm``
+(dsbn/transnorm/rn) needs ``"joint"``: it splits the joint batch itself.
+
 Prediction is ``argmax(F1 + F2)`` (sum of logits). G and the heads have their own optimisers:
 ``optimizer`` for the heads and ``generator_optimizer`` (default: the same) for G. In step B, G
 runs without gradients (its gradients were discarded in the original code anyway).
@@ -23,6 +30,7 @@ import torch.nn.functional as F
 from lightning_da.losses.bi_classifier import classifier_discrepancy
 from lightning_da.methods.base import DAMethod
 from lightning_da.models.heads import MLPClassifier
+from lightning_da.norm import DomainSplitError
 from lightning_da.pseudo_labels import target_indices
 from lightning_da.optim import NORM_GATES, param_groups
 
@@ -32,9 +40,18 @@ class MCD(DAMethod):
     hparams_ignore = ("generator_optimizer",)
 
     def __init__(self, *args, num_k: int = 4, w_dis: float = 1.0, head: dict | None = None,
-                 generator_optimizer=None, **kwargs):
+                 generator_optimizer=None, domain_forward: str = "joint", **kwargs):
+        if domain_forward not in ("joint", "separate"):
+            raise ValueError(f"domain_forward must be 'joint' or 'separate', got {domain_forward!r}")
         self._head_cfg = dict(head or {})
-        super().__init__(*args, **kwargs)
+        self.splits_domains = domain_forward == "joint"
+        try:
+            super().__init__(*args, **kwargs)
+        except DomainSplitError as e:
+            raise DomainSplitError(f"{type(self).__name__} with domain_forward=separate already normalises each "
+                                   "domain on its own and cannot use a domain-aware norm (dsbn/transnorm/rn); "
+                                   "use domain_forward=joint or norm=bn") from e
+        self.domain_forward = domain_forward
         self.num_k, self.w_dis = num_k, w_dis
         self.generator_optimizer_factory = generator_optimizer
 
@@ -52,10 +69,17 @@ class MCD(DAMethod):
 
     # ------------------------------------------------------------------ the three steps
     def forward_heads(self, xs: torch.Tensor, xt: torch.Tensor, generator_grad: bool = True):
-        """Features and both heads' logits of ``[x_s; x_t]`` (one generator call, domain split declared)."""
+        """Features and both heads' logits of ``[x_s; x_t]``: one call on the joint batch (domain split
+        declared), or one call per domain with ``domain_forward="separate"``."""
         with torch.set_grad_enabled(generator_grad and torch.is_grad_enabled()):
-            f = self.features_domains(xs, xt)
-        return f, self.classifier(f), self.classifier2(f)
+            if self.domain_forward == "joint":
+                f = self.features_domains(xs, xt)
+            else:
+                fs, ft = self.features(xs), self.features(xt)
+        if self.domain_forward == "joint":
+            return f, self.classifier(f), self.classifier2(f)
+        return (torch.cat([fs, ft]), torch.cat([self.classifier(fs), self.classifier(ft)]),
+                torch.cat([self.classifier2(fs), self.classifier2(ft)]))
 
     def step_terms(self, step: str, f, z1, z2, ns: int, batch: dict) -> tuple[torch.Tensor, dict]:
         """Extra loss of step ``"A"``, ``"B"`` or ``"C"`` (MCD adds none; CGDM adds its terms)."""

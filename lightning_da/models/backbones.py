@@ -122,9 +122,12 @@ def _efficientnet_lite0(name, pretrained: bool, weights_path: str | None, **_) -
 
 
 def _digits(cls) -> Callable[..., nn.Module]:
-    def build(name, pretrained: bool, in_channels: int = 1, input_size: int = 28, **_) -> nn.Module:
-        if pretrained:
-            raise ValueError(f"{name} is trained from scratch: set backbone.pretrained=false")
+    def build(name, pretrained: bool, in_channels: int = 1, input_size: int = 28, weights=None, weights_path=None,
+              **unknown) -> nn.Module:
+        if pretrained or weights or weights_path:
+            raise ValueError(f"{name} is trained from scratch: set backbone.pretrained=false and no weights")
+        if unknown:
+            raise TypeError(f"{name} takes in_channels and input_size, not {sorted(unknown)}")
         return cls(in_channels=in_channels, input_size=input_size)
 
     return build
