@@ -12,10 +12,10 @@ from lightning_da.models import build_backbone
 from lightning_da.train import train
 
 
-def make_mcd():
+def make_mcd(**kw):
     torch.manual_seed(0)
     model = MCD(build_backbone("lenet"), 10, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9),
-                bottleneck={"dim": 64}, head={"hidden": [32], "dropout": 0.0}, num_k=2)
+                bottleneck={"dim": 64}, head={"hidden": [32], "dropout": 0.0}, num_k=2, **kw)
     model.manual_backward = lambda loss: loss.backward()  # no trainer in these unit tests
     opt_g, opt_f = model.configure_optimizers()
     batch = {"source": (torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))),
@@ -26,8 +26,9 @@ def make_mcd():
 @pytest.mark.parametrize("step,expected", [("a", {"backbone", "bottleneck", "classifier", "classifier2"}),
                                            ("b", {"classifier", "classifier2"}),
                                            ("c", {"backbone", "bottleneck"})])
-def test_each_step_updates_exactly_its_parameters(step, expected):
-    model, opt_g, opt_f, batch = make_mcd()
+@pytest.mark.parametrize("domain_forward", ["joint", "separate"])
+def test_each_step_updates_exactly_its_parameters(step, expected, domain_forward):
+    model, opt_g, opt_f, batch = make_mcd(domain_forward=domain_forward)
     before = snapshot(model)
     if step == "a":
         model.step_a(batch, opt_g, opt_f)
@@ -75,7 +76,8 @@ def test_unknown_lr_mult_name_is_refused():
 @pytest.mark.slow
 def test_mcd_trains_through_run_py(tmp_path):
     res = train(make_cfg(tmp_path, ["method=mcd", "method.bottleneck.dim=128", "method.head.hidden=[64]", *QUICK,
-                                    "+method.extra_losses.entropy=0.1", "trainer.precision=bf16-mixed"]))
+                                    "+method.extra_losses.entropy=0.1", "trainer.precision=bf16-mixed",
+                                    "method.domain_forward=separate"]))
     assert res["steps"] == 4 * 7  # optimiser steps per batch: 2 in A (G and heads), 1 in B, num_k=4 in C
     assert 0 <= res["last"]["test/target_acc"] <= 1 and 0 <= res["best"]["test/target_acc"] <= 1
 
@@ -105,3 +107,16 @@ def test_separate_domain_forward_refuses_domain_aware_norm_and_unknown_modes():
             norm=partial(convert_norm, kind="dsbn"), domain_forward="separate")
     with pytest.raises(ValueError, match="'joint' or 'separate'"):
         MCD(build_backbone("lenet"), 10, optimizer=torch.optim.SGD, domain_forward="split")
+
+
+@pytest.mark.parametrize("domain_forward", ["joint", "separate"])
+def test_separate_forward_skips_the_domain_a_step_does_not_use(domain_forward):
+    """Saito's solver: step A sees only the source, step C only the target. A NaN domain that a step
+    does not use must leave the parameters finite; the joint forward (CGDM's code) does use it."""
+    model, opt_g, opt_f, batch = make_mcd(domain_forward=domain_forward)
+    xs, ys = batch["source"]
+    xt, idx = batch["target"]
+    model.step_c({"source": (torch.full_like(xs, float("nan")), ys), "target": (xt, idx)}, opt_g)
+    model.step_a({"source": (xs, ys), "target": (torch.full_like(xt, float("nan")), idx)}, opt_g, opt_f)
+    finite = all(torch.isfinite(p).all() for p in model.parameters())
+    assert finite == (domain_forward == "separate")

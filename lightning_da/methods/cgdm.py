@@ -21,6 +21,7 @@ runs that pass on the training transform, random augmentation included, as the o
 ``train_bottleneck=false`` reproduces the scripts whose generator optimiser covers only the
 backbone (VisDA, DomainNet, Office-31): the bottleneck then stays at its initialisation. The
 generator optimiser is ``generator_optimizer`` (the original: SGD without momentum).
+``domain_forward`` is MCD's; with ``"separate"`` every step forwards both domains (its terms need them).
 """
 
 from __future__ import annotations
@@ -60,6 +61,10 @@ class CGDM(MCD):
     # ------------------------------------------------------------------ losses of the three steps
     def _wce(self, logits, labels):
         return weighted_cross_entropy(logits, labels, extra_batch_factor=self.wce_batch_factor)
+
+    def step_domains(self, step: str) -> tuple[bool, bool]:
+        # every step's terms use both domains (A: target entropy and pseudo labels; C: L_GD's source CE)
+        return True, True
 
     def step_terms(self, step, f, z1, z2, ns, batch):
         zt1, zt2 = z1[ns:], z2[ns:]

@@ -9,10 +9,12 @@ A generator G (backbone + bottleneck) feeds two classifier heads F1, F2. With
 * C (G), ``num_k`` times: ``w_dis * d(F1(G(x_t)), F2(G(x_t)))`` with F1, F2 fixed
 
 ``domain_forward`` picks how a step forwards the two domains. ``"joint"`` (default; CGDM's code,
-which this class is the base of) runs G, F1 and F2 once on ``[x_s; x_t]``, so every BatchNorm
-normalises with statistics of the mixed batch. ``"separate"`` (Saito's MCD code) runs them once per
-domain, so in training every BatchNorm, in G and in the heads, uses per-domain batch statistics
-(the running statistics used at evaluation still mix both domains). A domain-aware ``norm``
+which this class is the base of) runs G, F1 and F2 once on ``[x_s; x_t]`` in every step, so every
+BatchNorm normalises with statistics of the mixed batch. ``"separate"`` (Saito's digits solver) runs
+them once per domain and only on the domains a step uses (:meth:`step_domains`: A source only, B
+both, C target only, unless a subclass or ``extra_losses`` needs more), so in training every
+BatchNorm, in G and in the heads, uses per-domain batch statistics, and the running statistics used
+at evaluation lean to the target (the last updates of each batch are C's). A domain-aware ``norm``
 (dsbn/transnorm/rn) needs ``"joint"``: it splits the joint batch itself.
 
 Prediction is ``argmax(F1 + F2)`` (sum of logits). G and the heads have their own optimisers:
@@ -68,33 +70,43 @@ class MCD(DAMethod):
         return f, self.classifier(f) + self.classifier2(f)
 
     # ------------------------------------------------------------------ the three steps
-    def forward_heads(self, xs: torch.Tensor, xt: torch.Tensor, generator_grad: bool = True):
+    def step_domains(self, step: str) -> tuple[bool, bool]:
+        """``(source, target)``: which domains step ``"A"``, ``"B"`` or ``"C"`` forwards when
+        ``domain_forward="separate"`` (Saito's solver: A source, B both, C target; step A also
+        forwards the target when ``extra_losses`` act on it). ``"joint"`` always forwards both."""
+        if self.domain_forward == "joint":
+            return True, True
+        return {"A": (True, bool(self.extra)), "B": (True, True), "C": (False, True)}[step]
+
+    def forward_heads(self, xs, xt, generator_grad: bool = True):
         """Features and both heads' logits of ``[x_s; x_t]``: one call on the joint batch (domain split
-        declared), or one call per domain with ``domain_forward="separate"``."""
+        declared), or with ``domain_forward="separate"`` one call per domain, where ``xs`` or ``xt``
+        may be ``None`` (that domain is skipped)."""
         with torch.set_grad_enabled(generator_grad and torch.is_grad_enabled()):
             if self.domain_forward == "joint":
                 f = self.features_domains(xs, xt)
             else:
-                fs, ft = self.features(xs), self.features(xt)
+                fs = [self.features(x) for x in (xs, xt) if x is not None]
         if self.domain_forward == "joint":
             return f, self.classifier(f), self.classifier2(f)
-        return (torch.cat([fs, ft]), torch.cat([self.classifier(fs), self.classifier(ft)]),
-                torch.cat([self.classifier2(fs), self.classifier2(ft)]))
+        return (torch.cat(fs), torch.cat([self.classifier(f) for f in fs]),
+                torch.cat([self.classifier2(f) for f in fs]))
 
     def step_terms(self, step: str, f, z1, z2, ns: int, batch: dict) -> tuple[torch.Tensor, dict]:
         """Extra loss of step ``"A"``, ``"B"`` or ``"C"`` (MCD adds none; CGDM adds its terms)."""
         return f.new_zeros(()), {}
 
-    @staticmethod
-    def unpack(batch: dict):
-        """``x_s, y_s, x_t`` of a ``{"source": (x, y), "target": (x, idx)}`` batch."""
+    def step_inputs(self, batch: dict, step: str):
+        """``x_s, y_s, x_t`` of a ``{"source": (x, y), "target": (x, idx)}`` batch, with the inputs of
+        a domain that ``step`` does not forward replaced by ``None``, and the number of source rows
+        the step's outputs start with."""
         (xs, ys), (xt, _) = batch["source"], target_indices(batch["target"])
-        return xs, ys, xt
+        use_s, use_t = self.step_domains(step)
+        return (xs if use_s else None), ys, (xt if use_t else None), (len(ys) if use_s else 0)
 
     def step_a(self, batch, opt_g, opt_f) -> dict:
-        xs, ys, xt = self.unpack(batch)
+        xs, ys, xt, ns = self.step_inputs(batch, "A")
         f, z1, z2 = self.forward_heads(xs, xt)
-        ns = len(ys)
         loss_cls = F.cross_entropy(z1[:ns], ys) + F.cross_entropy(z2[:ns], ys)
         extra, logs = self.step_terms("A", f, z1, z2, ns, batch)
         if self.extra:  # configured extra_losses act on both heads' target logits in step A
@@ -107,9 +119,8 @@ class MCD(DAMethod):
         return {"train/loss_cls": loss_cls.detach(), **logs}
 
     def step_b(self, batch, opt_f) -> dict:
-        xs, ys, xt = self.unpack(batch)
+        xs, ys, xt, ns = self.step_inputs(batch, "B")
         f, z1, z2 = self.forward_heads(xs, xt, generator_grad=False)
-        ns = len(ys)
         disc = classifier_discrepancy(z1[ns:], z2[ns:])
         extra, logs = self.step_terms("B", f, z1, z2, ns, batch)
         loss = F.cross_entropy(z1[:ns], ys) + F.cross_entropy(z2[:ns], ys) - self.w_dis * disc + extra
@@ -119,8 +130,8 @@ class MCD(DAMethod):
         return {"train/discrepancy_heads": disc.detach(), **logs}
 
     def step_c(self, batch, opt_g) -> dict:
-        xs, ys, xt = self.unpack(batch)
-        ns, logs = len(ys), {}
+        xs, _, xt, ns = self.step_inputs(batch, "C")
+        logs = {}
         for _ in range(self.num_k):
             f, z1, z2 = self.forward_heads(xs, xt)
             disc = classifier_discrepancy(z1[ns:], z2[ns:])
