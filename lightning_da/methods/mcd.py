@@ -83,12 +83,8 @@ class MCD(DAMethod):
         declared), or with ``domain_forward="separate"`` one call per domain, where ``xs`` or ``xt``
         may be ``None`` (that domain is skipped)."""
         with torch.set_grad_enabled(generator_grad and torch.is_grad_enabled()):
-            if self.domain_forward == "joint":
-                f = self.features_domains(xs, xt)
-            else:
-                fs = [self.features(x) for x in (xs, xt) if x is not None]
-        if self.domain_forward == "joint":
-            return f, self.classifier(f), self.classifier2(f)
+            fs = ([self.features_domains(xs, xt)] if self.domain_forward == "joint"
+                  else [self.features(x) for x in (xs, xt) if x is not None])
         return (torch.cat(fs), torch.cat([self.classifier(f) for f in fs]),
                 torch.cat([self.classifier2(f) for f in fs]))
 
