@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_da.callbacks import MetricHistory, StepwiseTargetAccuracy
+from lightning_da.callbacks import MetricHistory, RNGStateCheckpoint, StepwiseTargetAccuracy
 from lightning_da.validators import VALIDATORS, ValidatorScores
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
-    callbacks.append(MetricHistory())
+    callbacks += [MetricHistory(), RNGStateCheckpoint()]
     monitor = cfg.get("monitor")
     split = re.fullmatch(r"val/(\w+?)_acc(_mean_class)?", monitor or "")
     if split and split.group(1) not in datamodule.eval_names:

@@ -116,6 +116,39 @@ def test_resume_continues_where_it_stopped(tmp_path):
     assert [h["epoch"] for h in res["history"]] == [0, 1]  # the history of the first run came back with it
 
 
+@pytest.mark.parametrize("method", [["method=dann"], ["method=cgdm", "method.num_k=1", "method.pseudo.start_epoch=0"]])
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path, monkeypatch, method):
+    """The checkpoint carries the RNG states (dropout, augmentation): stopped after epoch 0 and resumed, a 2-epoch
+    run ends with the weights of an uninterrupted one (same config, so the same schedules; CGDM: the same pseudo
+    labels, refreshed at the start of epoch 1 in both)."""
+    import lightning as L
+    import lightning_da.train as train_module
+
+    two = [*method, *QUICK, "trainer.max_epochs=2", "test=false"]
+    train(make_cfg(tmp_path / "full", two))
+
+    class StopAfterFirstEpoch(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    build = train_module.build
+
+    def build_and_stop(cfg):
+        datamodule, model, trainer = build(cfg)
+        trainer.callbacks.append(StopAfterFirstEpoch())
+        return datamodule, model, trainer
+
+    monkeypatch.setattr(train_module, "build", build_and_stop)
+    assert train(make_cfg(tmp_path / "stopped", two))["epochs"] == 1
+    monkeypatch.setattr(train_module, "build", build)
+    train(make_cfg(tmp_path / "resumed", [*two, f"ckpt_path={tmp_path / 'stopped' / 'checkpoints' / 'last.ckpt'}"]))
+    full, resumed = (torch.load(tmp_path / d / "checkpoints" / "final.ckpt", weights_only=False)["state_dict"]
+                     for d in ("full", "resumed"))
+    assert full.keys() == resumed.keys()
+    for k in full:
+        assert torch.equal(full[k], resumed[k]) if torch.is_tensor(full[k]) else full[k] == resumed[k], k
+
+
 def test_monitor_without_source_split_is_refused(tmp_path, office_subset):
     cfg = make_cfg(tmp_path, ["data=office_caltech10", f"data.root={office_subset}", "data.source_holdout=0", "backbone=lenet",
                               "backbone.in_channels=3", "backbone.input_size=28", *QUICK])

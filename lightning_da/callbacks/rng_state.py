@@ -1,0 +1,42 @@
+"""Carries the random-number generators' states in every checkpoint, so that a resumed run continues
+the same random stream (dropout masks, augmentations, DataLoader seeds) as an uninterrupted one."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+
+
+class RNGStateCheckpoint(L.Callback):
+    """Saves the torch, CUDA, NumPy and Python RNG states when a checkpoint is written and restores them
+    when the checkpoint is loaded to resume training. Lightning restores weights, optimisers and loop
+    counters but not these, so without it a resumed run draws other dropout masks and shuffles and ends
+    elsewhere (0.1 to 1 point on a 10-epoch digits run).
+
+    The states are set while Lightning restores the checkpoint, before the first DataLoader iterator of
+    the resumed epoch draws its base seed: an uninterrupted run draws that seed at the same point of the
+    stream (after the checkpoint was written). The sanity check runs under Lightning's isolated RNG.
+    Under DDP the checkpoint holds rank 0's states; Lightning seeds every rank alike. A GPU checkpoint
+    resumed without a GPU restores all but the CUDA states."""
+
+    def state_dict(self) -> dict[str, Any]:
+        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        if "numpy" in states:  # (name, uint32 keys, pos, has_gauss, gauss) as a tensor and numbers: loads with weights_only
+            name, keys, *rest = states["numpy"]
+            states["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), *(x.item() if hasattr(x, "item") else x for x in rest))
+        return {"rng": states}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = dict(state_dict.get("rng") or {})
+        if not states:  # a checkpoint written before this callback existed
+            return
+        if "numpy" in states:
+            name, keys, *rest = states["numpy"]
+            states["numpy"] = (name, keys.numpy().astype(np.uint32), *rest)
+        if not torch.cuda.is_available():
+            states.pop("torch.cuda", None)
+        _set_rng_states(states)
