@@ -27,9 +27,9 @@ class RNGStateCheckpoint(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         states = _collect_rng_states(include_cuda=torch.cuda.is_available())
-        if "numpy" in states:  # (name, uint32 keys, pos, has_gauss, gauss) as a tensor and numbers: loads with weights_only
+        if "numpy" in states:  # (name, uint32 keys, pos, has_gauss, gauss): the keys as a tensor, to load with weights_only
             name, keys, *rest = states["numpy"]
-            states["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), *(x.item() if hasattr(x, "item") else x for x in rest))
+            states["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), *rest)
         return {"rng": states}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
