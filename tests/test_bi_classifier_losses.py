@@ -36,7 +36,8 @@ def test_cgdm_entropy_modes_vs_numpy():
     z = torch.randn(6, 5) * 3
     p = softmax_np(z.numpy().astype(np.float64))
     expected = {
-        "im": entropy_np(p).mean() - entropy_np(p.mean(0)),
+        # the original's marginal term: sum_c (p̄_c + eps) log(p̄_c + eps) (eps also multiplies)
+        "im": entropy_np(p).mean() + ((p.mean(0) + EPS) * np.log(p.mean(0) + EPS)).sum(),
         "conditional": entropy_np(p).mean(),
         "diversity": -np.log(p.mean(0) + EPS).mean(),
     }
@@ -46,24 +47,37 @@ def test_cgdm_entropy_modes_vs_numpy():
         cgdm_entropy(z, mode="marginal")
 
 
-def wce_reference(z: torch.Tensor, y: torch.Tensor, extra_batch_factor: bool) -> torch.Tensor:
-    """Loop over rows; weights from a numpy copy of the logits (constants, hence no gradient)."""
-    w = 1.0 + np.exp(-entropy_np(softmax_np(z.detach().numpy())))
-    w = w / w.sum()
-    terms = [float(w[i]) * -torch.log_softmax(z[i], 0)[y[i]] for i in range(len(y))]
+def wce_reference(z, y, extra_batch_factor=True, detach_weights=False):
+    """Loop over rows, as the original ``Weighted_CrossEntropy``: ``w_i = 1 + exp(-H(p_i))`` with
+    gradient, divided by the constant ``sum_j w_j`` (a Python float, like its ``.detach().item()``)."""
+    p = torch.softmax(z.detach() if detach_weights else z, dim=1)
+    w = 1.0 + torch.exp((p * torch.log(p + EPS)).sum(1))
+    norm = float(w.sum())
+    terms = [w[i] / norm * -torch.log_softmax(z[i], 0)[y[i]] for i in range(len(y))]
     total = sum(terms)
     return total / len(y) if extra_batch_factor else total
 
 
 @pytest.mark.parametrize("extra_batch_factor", [True, False])
-def test_weighted_cross_entropy_value_and_detached_weights(extra_batch_factor):
+@pytest.mark.parametrize("detach_weights", [False, True])
+def test_weighted_cross_entropy_value_and_gradient(extra_batch_factor, detach_weights):
     z = torch.randn(7, 4, dtype=torch.float64, requires_grad=True)
     y = torch.randint(0, 4, (7,))
-    loss = weighted_cross_entropy(z, y, extra_batch_factor=extra_batch_factor)
-    ref = wce_reference(z, y, extra_batch_factor)
+    loss = weighted_cross_entropy(z, y, extra_batch_factor=extra_batch_factor, detach_weights=detach_weights)
+    ref = wce_reference(z, y, extra_batch_factor, detach_weights)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-10)
     (g,), (g_ref,) = torch.autograd.grad(loss, z), torch.autograd.grad(ref, z)
     torch.testing.assert_close(g, g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_weighted_cross_entropy_default_differentiates_the_weights():
+    """The faithful default and the detached form agree in value but not in gradient."""
+    z = torch.randn(7, 4, dtype=torch.float64, requires_grad=True) * 2
+    y = torch.randint(0, 4, (7,))
+    a, b = weighted_cross_entropy(z, y), weighted_cross_entropy(z, y, detach_weights=True)
+    assert a.item() == pytest.approx(b.item(), rel=1e-12)
+    (ga,), (gb,) = torch.autograd.grad(a, z), torch.autograd.grad(b, z)
+    assert (ga - gb).abs().max() > 1e-3 * gb.abs().max()
 
 
 def cos_ref(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:

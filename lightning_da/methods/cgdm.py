@@ -2,7 +2,9 @@
 
 With target entropy ``Ent`` (``entropy_mode``: ``im`` = mean H(p_i) - H(mean p), ``conditional`` =
 mean H(p_i) as in the old Office-31 script), entropy-weighted CE on pseudo labels ``WCE`` (weights
-``1 + exp(-H)`` normalised and detached; ``wce_batch_factor=true`` keeps the original's extra 1/B)
+``w_i = 1 + exp(-H_i)`` divided by the constant ``sum_j w_j``, with gradient through each ``w_i`` as in
+the original; ``wce_detach_weights=true`` detaches the whole weight instead, an earlier form of this
+library; ``wce_batch_factor=true`` keeps the original's extra 1/B)
 and the gradient discrepancy ``L_GD`` (per head k, for every parameter tensor P of F_k, the cosine
 between ``dCE(F_k(f_s), y_s)/dP`` and ``dWCE(F_k(f_t), y_hat)/dP``, per row for matrices, whole
 vector for vectors; ``L_GD = mean_k mean_P (1 - cos_P)``), each batch runs:
@@ -37,12 +39,14 @@ from lightning_da.pseudo_labels import PseudoLabelStore, cluster_pseudo_labels, 
 class CGDM(MCD):
     def __init__(self, *args, w_ent_a: float = 0.01, w_ent_b: float = 0.01, w_ent_c: float = 0.01,
                  w_pseudo: float = 0.01, w_gd: float = 0.01, entropy_mode: str = "im", wce_batch_factor: bool = True,
+                 wce_detach_weights: bool = False,
                  train_bottleneck: bool = True, pseudo: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         cgdm_entropy(torch.zeros(2, 2), entropy_mode)  # an unknown mode fails now, listing the modes
         self.w_ent = {"A": w_ent_a, "B": w_ent_b, "C": w_ent_c}
         self.w_pseudo, self.w_gd, self.entropy_mode = w_pseudo, w_gd, entropy_mode
         self.wce_batch_factor, self.train_bottleneck = wce_batch_factor, train_bottleneck
+        self.wce_detach_weights = wce_detach_weights
         self.pseudo_cfg = {"start_epoch": 1, "interval": None, "rounds": 2, "batch_size": 64, "eval_transform": False,
                            **(pseudo or {})}
         self.pseudo_labels: PseudoLabelStore | None = None
@@ -60,7 +64,8 @@ class CGDM(MCD):
 
     # ------------------------------------------------------------------ losses of the three steps
     def _wce(self, logits, labels):
-        return weighted_cross_entropy(logits, labels, extra_batch_factor=self.wce_batch_factor)
+        return weighted_cross_entropy(logits, labels, extra_batch_factor=self.wce_batch_factor,
+                                      detach_weights=self.wce_detach_weights)
 
     def step_domains(self, step: str) -> tuple[bool, bool]:
         # every step's terms use both domains (A: target entropy and pseudo labels; C: L_GD's source CE)
