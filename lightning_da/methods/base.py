@@ -45,13 +45,16 @@ class DAMethod(L.LightningModule):
     scheduler: a partial LR scheduler taking the optimiser (and ``total_steps`` if it asks for it).
     norm: a callable converting the built network's norm layers (``norm`` group); None keeps BN.
     bottleneck: keyword arguments of :class:`~lightning_da.models.heads.Bottleneck` (``dim: 0`` = none).
-    classifier_init: initialisation of the classifier (``default``, ``xavier``, ``normal``).
+    classifier_init: initialisation of the classifier (``default``, ``xavier``, ``normal``; None = default).
     lr_mult: learning-rate multiplier per top-level module name (``backbone``, ``bottleneck``, ...).
     extra_losses: extra terms on the target logits, ``{name: weight}`` (see ``losses.regularizers``).
-    trade_off: weight of the method's transfer loss.
-    channels_last: keep the model and image batches in ``channels_last`` memory format (GPU convnets).
+    trade_off: weight of the method's transfer loss (None = 1).
+
+    A method lists the options of these it ignores in ``unused_options``; passing one raises.
+    channels_last: keep the model and image batches in ``channels_last`` memory format (GPU convnets;
+        None = false).
     compile: ``torch.compile`` the backbone in place when fitting starts (``nn.Module.compile``;
-        checkpoints keep their usual keys).
+        checkpoints keep their usual keys; None = false).
     """
 
     #: the method forwards ``[source; target]`` in one call and declares the split to the norm layers
@@ -60,11 +63,27 @@ class DAMethod(L.LightningModule):
     supports_multi_source: bool = False
     #: constructor arguments that are objects, not hyper-parameters (kept out of checkpoints)
     hparams_ignore: tuple[str, ...] = ()
+    #: base options this method has no use for (``bottleneck``, ``classifier_init``, ``lr_mult``,
+    #: ``extra_losses``, ``trade_off``, ``channels_last``, ``compile``): giving one is an error that
+    #: names it, never a silent no-op.
+    #: Without ``bottleneck`` the features are the backbone's own (an identity bottleneck).
+    unused_options: tuple[str, ...] = ()
 
     def __init__(self, backbone: nn.Module, num_classes: int, optimizer: Callable, scheduler: Callable | None = None,
                  norm: Callable[[nn.Module], nn.Module] | None = None, bottleneck: dict | None = None,
-                 classifier_init: str = "default", lr_mult: dict | None = None, extra_losses: dict | None = None,
-                 trade_off: float = 1.0, channels_last: bool = False, compile: bool = False):
+                 classifier_init: str | None = None, lr_mult: dict | None = None, extra_losses: dict | None = None,
+                 trade_off: float | None = None, channels_last: bool | None = None, compile: bool | None = None):
+        given = {"bottleneck": bottleneck, "classifier_init": classifier_init, "lr_mult": lr_mult,
+                 "extra_losses": extra_losses, "trade_off": trade_off, "channels_last": channels_last, "compile": compile}
+        refused = [name for name in self.unused_options if given[name] is not None]
+        if refused:
+            raise ValueError(f"{type(self).__name__} does not use the option(s) {refused}: remove "
+                             f"{', '.join('method.' + n for n in refused)} from the method config")
+        if "bottleneck" in self.unused_options:
+            bottleneck = {"dim": 0}
+        classifier_init = classifier_init or "default"
+        trade_off = 1.0 if trade_off is None else trade_off
+        channels_last, compile = bool(channels_last), bool(compile)
         super().__init__()
         self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "norm", *self.hparams_ignore], logger=False)
         self.backbone = backbone

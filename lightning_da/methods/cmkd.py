@@ -18,7 +18,8 @@ class prompts (text tower then dropped). ``g`` sits on the *trainable* encoder, 
 batch-summed GI; KL(p_g||p_h)); ``gini=paper`` and ``alpha_direction=paper`` give the paper's. FixMatch
 (``fixmatch.enabled``): pseudo labels from the weak view's ``p_h`` (and ``p_g``), mask ``max >= tau``,
 ``factor * mean(mask * CE(head(f(x_strong)), y_hat))`` for both heads, not ramped.
-``baseline=true`` trains with the source CE only (the paper's "Baseline").
+``baseline=true`` trains with the source CE only (the paper's "Baseline"). Configured
+``extra_losses`` are added on the student head's target logits ``h(f(x_t))``.
 
 The encoder runs once on ``[x_s; x_t (; x_t_strong)]`` (its BatchNorm is frozen, so this equals
 separate calls); the task head runs per domain (source, target, strong), as in the code, so its
@@ -47,6 +48,8 @@ from lightning_da.models.rst import ResidualSparseTraining, save_sparse_checkpoi
 class CMKD(DAMethod):
     #: the encoder runs on [source; target] with frozen BN; domain-aware norms do not apply
     splits_domains = False
+    #: the heads sit on the encoder's own features; every term has its own lambda
+    unused_options = ("trade_off", "classifier_init", "bottleneck")
 
     def __init__(self, *args, class_names: list[str], prompts: dict | None = None, lambda1: float = 0.25,
                  lambda2: float = 0.1, lambda3: float = 0.025, label_smoothing: float = 0.1, lamb_gamma: float = 1.0,
@@ -54,6 +57,9 @@ class CMKD(DAMethod):
                  fixmatch: dict | None = None, rst: dict | None = None, **kwargs):
         self._class_names, self._prompts = list(class_names), dict(prompts or {})
         super().__init__(*args, **kwargs)
+        if baseline and self.extra:
+            raise ValueError("cmkd: baseline=true trains with the source CE only, so extra_losses would be ignored; "
+                             "drop method.extra_losses or set method.baseline=false")
         self.fixmatch = {"enabled": False, "threshold": 0.95, "factor": 0.5, **(fixmatch or {})}
         self.needs_strong_view = bool(self.fixmatch["enabled"])
         rst = {"enabled": False, "tau": 1e-6, **(rst or {})}
@@ -97,6 +103,10 @@ class CMKD(DAMethod):
             loss = loss + loss_task + loss_distill + loss_reg
             logs.update({"train/loss_task": loss_task, "train/loss_distill": loss_distill, "train/loss_reg": loss_reg,
                          "train/alpha": alpha.mean(), "train/lamb": lamb})
+            if self.extra:  # configured extra_losses act on the student head's target logits
+                loss_extra, terms = self.extra(zt)
+                loss = loss + loss_extra
+                logs.update({f"train/loss_{k}": v for k, v in terms.items()})
             if self.fixmatch["enabled"]:
                 thr, factor = self.fixmatch["threshold"], self.fixmatch["factor"]
                 fm_h, mask_h, _ = fixmatch_loss(self.classifier(f[2]), p_h, thr)

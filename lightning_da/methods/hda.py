@@ -42,6 +42,7 @@ class HDANet(DAMethod):
     """
 
     splits_domains = False
+    unused_options = ("bottleneck",)  # the projectors end in the common space
 
     def __init__(self, input_dims: dict[str, int], num_classes: int, optimizer: Callable, scheduler: Callable | None = None,
                  backbone=None, norm=None, d_common: int = 256, layer: str = "double", normalize_features: bool = True,
@@ -52,7 +53,7 @@ class HDANet(DAMethod):
                              "it takes no backbone (use backbone=null)")
         self._head_cfg = dict(logit_leaky_relu=logit_leaky_relu, init_std=init_std)
         projectors = DomainProjectors(dict(input_dims), d_common, layer, normalize_features, init_std)
-        super().__init__(projectors, num_classes, optimizer, scheduler, norm=norm, bottleneck={"dim": 0}, lr_mult=lr_mult)
+        super().__init__(projectors, num_classes, optimizer, scheduler, norm=norm, lr_mult=lr_mult)
         self.input_dims = dict(input_dims)
 
     def build_heads(self) -> None:

@@ -63,6 +63,10 @@ class M2CAN(DAMethod):
     automatic_optimization = False
     supports_multi_source = True
     splits_domains = False
+    #: the fused features feed the heads directly; every term has its own weight; learning rates come
+    #: from ``lr`` per part; inputs are dicts (no memory format) and the branches are not run through
+    #: the backbone's forward (nothing for ``compile`` to compile)
+    unused_options = ("trade_off", "classifier_init", "bottleneck", "lr_mult", "channels_last", "compile")
 
     def __init__(self, backbone: TwoBranchNet, num_classes: int, optimizer, scheduler=None, norm=None,
                  n_heads: int = 2, n_sources: int | None = None, lr: dict | None = None, sam_rho: float = 0.05,
@@ -76,7 +80,6 @@ class M2CAN(DAMethod):
         if unknown:
             raise ValueError(f"M2CAN lr names unknown modules {unknown}; it has {sorted(DEFAULT_LR)}")
         self._n_heads, self._grl_cfg = n_heads, {"alpha": 1.0, "max_iters": 1000, **(grl or {})}
-        kwargs["bottleneck"] = {"dim": 0}
         super().__init__(backbone, num_classes, optimizer, scheduler, norm, **kwargs)
         self.lrs = {**DEFAULT_LR, **(lr or {})}
         self.pseudo_cfg = {"start_rate": 0.3, "update_rate": 0.3, **(pseudo or {})}

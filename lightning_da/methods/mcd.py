@@ -40,6 +40,8 @@ from lightning_da.optim import NORM_GATES, param_groups
 class MCD(DAMethod):
     automatic_optimization = False
     hparams_ignore = ("generator_optimizer",)
+    #: the discrepancy is weighed by ``w_dis``; the heads are initialised by ``head.init``
+    unused_options = ("trade_off", "classifier_init")
 
     def __init__(self, *args, num_k: int = 4, w_dis: float = 1.0, head: dict | None = None,
                  generator_optimizer=None, domain_forward: str = "joint", **kwargs):

@@ -14,6 +14,7 @@ from lightning_da.methods.base import DAMethod
 
 
 class SourceOnly(DAMethod):
+    unused_options = ("trade_off",)  # no transfer loss to weigh
     def __init__(self, *args, forward_target: bool = False, **kwargs):
         self.splits_domains = forward_target
         super().__init__(*args, **kwargs)
@@ -24,7 +25,7 @@ class SourceOnly(DAMethod):
         return features.new_zeros(()), {}
 
     def forward_domains(self, xs: torch.Tensor, xt: torch.Tensor):
-        if self.hparams.forward_target:
+        if True:
             return super().forward_domains(xs, xt)
         f = self.features(xs)
         return f, self.classifier(f)

@@ -16,6 +16,8 @@ class ZeroShotCLIP(DAMethod):
     #: ``train()`` skips fitting and tests the model as built
     trains = False
     splits_domains = False
+    #: nothing is trained: no heads, losses, learning rates or compiled training
+    unused_options = ("trade_off", "classifier_init", "bottleneck", "lr_mult", "extra_losses", "compile")
 
     def __init__(self, *args, class_names: list[str], prompts: dict | None = None, **kwargs):
         self._class_names, self._prompts = list(class_names), dict(prompts or {})

@@ -1,0 +1,86 @@
+"""No option accepted and silently ignored: a method refuses, by name, the base options it has no use
+for, and no method config carries an option its method does not take or refuses."""
+
+import inspect
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from hydra.utils import get_class
+
+from conftest import CONF, QUICK, make_cfg
+from lightning_da import methods
+from lightning_da.methods.base import DAMethod
+from lightning_da.models import build_backbone
+from lightning_da.train import build
+
+SGD = partial(torch.optim.SGD, lr=0.01)
+VALUES = {"trade_off": 0.5, "classifier_init": "xavier", "bottleneck": {"dim": 16}, "lr_mult": {"backbone": 0.1},
+          "extra_losses": {"entropy": 0.1}, "channels_last": True, "compile": True}
+
+
+def accepted(cls) -> set[str]:
+    """Keyword arguments a method class takes: its own, and its bases' while it passes **kwargs on."""
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(vars(klass)["__init__"]).parameters
+        names |= {n for n, p in params.items() if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in params.values()) or klass is DAMethod:
+            break
+    return names
+
+
+METHOD_CONFIGS = sorted((CONF / "method").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", METHOD_CONFIGS, ids=lambda p: p.stem)
+def test_method_config_carries_only_used_options(path: Path):
+    cfg = yaml.safe_load(path.read_text())
+    cls = get_class(cfg.pop("_target_"))
+    unknown = sorted(set(cfg) - accepted(cls))
+    assert not unknown, f"{path.name} sets {unknown}, which {cls.__name__} does not take"
+    refused = sorted(set(cfg) & set(cls.unused_options))
+    assert not refused, f"{path.name} sets {refused}, which {cls.__name__} refuses as unused"
+
+
+REFUSALS = [(cls, opt) for cls in (methods.SourceOnly, methods.MCD, methods.CGDM, methods.CMKD, methods.ZeroShotCLIP)
+            for opt in cls.unused_options]
+
+
+@pytest.mark.parametrize("cls,option", REFUSALS, ids=lambda v: v if isinstance(v, str) else v.__name__)
+def test_unused_option_is_refused_by_name(cls, option):
+    extra = {"class_names": ["a", "b"]} if cls in (methods.CMKD, methods.ZeroShotCLIP) else {}
+    with pytest.raises(ValueError, match=rf"{cls.__name__} does not use the option\(s\) \['{option}'\].*method\.{option}"):
+        cls(build_backbone("lenet"), 2, SGD, **{option: VALUES[option]}, **extra)
+
+
+def test_every_method_declares_what_it_ignores():
+    """The methods whose steps ignore a base option declare it (the list the issue found)."""
+    assert {"trade_off"} <= set(methods.SourceOnly.unused_options)
+    for cls in (methods.MCD, methods.CGDM, methods.CMKD, methods.M2CAN):
+        assert {"trade_off", "classifier_init"} <= set(cls.unused_options), cls.__name__
+    assert {"lr_mult", "bottleneck"} <= set(methods.M2CAN.unused_options)
+    assert {"extra_losses", "lr_mult", "trade_off"} <= set(methods.ZeroShotCLIP.unused_options)
+    for cls in (methods.DANN, methods.CDAN, methods.FixMatch):
+        assert not cls.unused_options, cls.__name__
+
+
+@pytest.mark.parametrize("option", methods.M2CAN.unused_options)
+def test_m2can_refuses_unused_options(option):
+    """M2CAN takes its learning rates from ``lr`` and weighs each term by its own ``w_*``."""
+    from lightning_da.models.multimodal import TwoBranchNet
+
+    net = TwoBranchNet(dict(kind="mlp", input="bow", in_features=8, hidden=[4]),
+                       dict(kind="mlp", input="image", in_features=8, hidden=[4]))
+    with pytest.raises(ValueError, match=rf"M2CAN does not use the option\(s\) \['{option}'\].*method\.{option}"):
+        methods.M2CAN(net, 2, partial(torch.optim.Adam, lr=1e-3), **{option: VALUES[option]})
+
+
+def test_mcd_refuses_trade_off_through_run_py(tmp_path):
+    cfg = make_cfg(tmp_path, ["experiment=mcd_digits", "data=digits_bundled", "+method.trade_off=0.3", *QUICK])
+    with pytest.raises(Exception, match=r"MCD does not use the option\(s\) \['trade_off'\].*method\.trade_off"):
+        build(cfg)
