@@ -88,7 +88,7 @@ class SSAN(HDANet):
         logs = {"train/loss_cls": loss_source, "train/loss_isc": loss_isc, "train/loss_isc_hard": hard, "train/loss_isc_soft": soft}
         if h.gamma:
             logs["train/grl_coeff"] = self.grl.coeff
-            d = self.discriminator(self.grl(torch.cat([f_s, f_l])))
+            d = self.discriminator(self.grl(torch.cat([f_s, f_l, f_u])))
             domain = torch.cat([d.new_ones(len(f_s)), d.new_zeros(len(f_l) + len(f_u))])
             loss_domain = F.binary_cross_entropy_with_logits(d, domain)
             loss = loss + h.gamma * loss_domain
