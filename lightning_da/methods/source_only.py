@@ -25,7 +25,7 @@ class SourceOnly(DAMethod):
         return features.new_zeros(()), {}
 
     def forward_domains(self, xs: torch.Tensor, xt: torch.Tensor):
-        if True:
+        if self.hparams.forward_target:
             return super().forward_domains(xs, xt)
         f = self.features(xs)
         return f, self.classifier(f)
