@@ -143,3 +143,16 @@ def changed_any(model: nn.Module, before: nn.Module, prefix: str) -> bool:
 
 def deep_copy(module: nn.Module) -> nn.Module:
     return copy.deepcopy(module)
+
+
+def run_batches(model: L.LightningModule, batch: dict | None = None, data: L.LightningDataModule | None = None,
+                max_epochs: int = 1, **trainer_kwargs: Any) -> tuple[list[dict[str, float]], dict[str, float]]:
+    """As :func:`run_one_batch`, but returns the scalars logged at *every* batch (a list, in order) and
+    the trainer's metrics once fitting has ended (epoch-end logs such as ``train/dsp_millions`` too)."""
+    data = data or OneBatchData(batch)
+    recorder = _Recorder()
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
+                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[recorder], **trainer_kwargs)
+    trainer.fit(model, datamodule=data)
+    return recorder.logged, {k: float(v) for k, v in trainer.callback_metrics.items()}
