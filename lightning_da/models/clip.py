@@ -100,11 +100,14 @@ class CLIPImageEncoder(nn.Module):
         if self._text is None:
             raise RuntimeError("the CLIP text tower was released after the prompt classifier was built")
         model, tokenizer = self._text
+        modes = {m: m.training for m in model.modules()}  # its .visual is the backbone: restore its modes
         model.eval()
         rows = []
         for class_prompts in prompts:
             emb = F.normalize(model.encode_text(tokenizer(list(class_prompts))).float(), dim=-1)
             rows.append(F.normalize(emb.mean(0), dim=-1) if len(emb) > 1 else emb[0])
+        for m, training in modes.items():
+            m.train(training)
         return torch.stack(rows)
 
     def release_text(self) -> None:
