@@ -56,14 +56,33 @@ def compose_config(overrides: list[str], output_dir: str | os.PathLike, config_d
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Instantiate the DataModule, the method (backbone and norm inside) and the trainer."""
     datamodule = instantiate(cfg.data, _convert_="all")
+    # HDA methods build per-domain projectors from the data instead (backbone=null)
+    backbone_cfg = cfg.get("backbone")
+    method_cls = get_class(cfg.method._target_)
+    if backbone_cfg and not getattr(method_cls, "takes_backbone", True):
+        overrides = list(cfg.get("hydra", {}).get("overrides", {}).get("task", []))
+        if any(o.split("=")[0].lstrip("+~") == "backbone" for o in overrides):
+            raise ValueError(f"{method_cls.__name__} builds one projector per domain from the data and takes no "
+                             "backbone: drop the backbone=... override")
+        log.info("%s builds per-domain projectors: the default backbone (%s) is not built", method_cls.__name__,
+                 backbone_cfg.get("name"))
+        backbone_cfg = None
+    if backbone_cfg and "in_features" in backbone_cfg and backbone_cfg.in_features is None:
+        dims = getattr(datamodule, "input_dims", None) or {}
+        if len(set(dims.values())) != 1:
+            raise ValueError(f"backbone.in_features=null takes the feature width from the data, but this data has "
+                             f"{dims or 'no feature inputs'}; set backbone.in_features")
+        backbone_cfg = OmegaConf.merge(backbone_cfg, {"in_features": next(iter(dims.values()))})
+    backbone = instantiate(backbone_cfg) if backbone_cfg else None
+    if backbone is not None and hasattr(datamodule, "fit_inputs_to"):  # images shaped to the backbone's input
+        datamodule.fit_inputs_to(getattr(backbone, "input_spec", None), f"backbone {cfg.backbone.get('name', '')}".strip())
     num_classes = datamodule.num_classes  # builds the domains and checks their class lists
     data_kwargs = dict(getattr(datamodule, "model_kwargs", {}))
-    if "class_names" in inspect.signature(get_class(cfg.method._target_)).parameters:
+    if "class_names" in inspect.signature(method_cls).parameters:
         data_kwargs["class_names"] = list(datamodule.classes)  # CLIP methods build prompts from them
     model = instantiate(
         cfg.method,
-        # HDA methods build per-domain projectors from the data instead (backbone=null)
-        backbone=instantiate(cfg.backbone) if cfg.get("backbone") else None,
+        backbone=backbone,
         num_classes=num_classes,
         # what a method needs from the data beyond the class count (HDA: the per-domain input dims)
         **data_kwargs,

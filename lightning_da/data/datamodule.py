@@ -85,6 +85,34 @@ class DADataModule(L.LightningDataModule):
         self.pin_memory, self.persistent_workers, self.seed = pin_memory, persistent_workers and num_workers > 0, seed
 
     # ------------------------------------------------------------------ domains
+    def fit_inputs_to(self, spec: dict | None, backbone: str = "the backbone") -> None:
+        """Shape image inputs to what the backbone takes (before the domains are built): its
+        channels, and for fixed-size networks (LeNet, DTN) its input size. The domain builders get
+        them as ``channels`` / ``image_size``; values the data config forces that disagree are an
+        error naming both sides. ``spec``: the backbone's ``input_spec`` (None: nothing to fit)."""
+        if not spec:
+            return
+        args = self.domain_args
+        channels = args.get("channels")
+        if channels is not None and channels != spec["channels"]:
+            raise DataError(f"the data makes {channels}-channel images (data.domain_args.channels={channels}) but "
+                            f"{backbone} takes {spec['channels']}-channel inputs (backbone.in_channels); set one to "
+                            "match the other")
+        args["channels"] = spec["channels"]
+        if not spec["fixed_size"]:
+            return
+        size = args.get("image_size")
+        transform = {k: v for k, v in (args.get("transform") or {}).items() if v is not None}
+        if size is not None and size != spec["size"]:
+            raise DataError(f"the data makes {size}-px images (data.domain_args.image_size={size}) but {backbone} "
+                            f"takes {spec['size']}-px inputs only (backbone.input_size={spec['size']}); set one to "
+                            "match the other")
+        if transform:
+            raise DataError(f"data.domain_args.transform={dict(transform)} crops images for ImageNet networks, but "
+                            f"{backbone} takes {spec['size']}-px inputs only: set data.domain_args.transform=null "
+                            "(images are then resized to the backbone's input)")
+        args["image_size"] = spec["size"]
+
     @cached_property
     def domains(self) -> dict[str, Domain]:
         built = {}
@@ -96,6 +124,11 @@ class DADataModule(L.LightningDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.domains[self.target_name].classes)
+
+    @property
+    def input_dims(self) -> dict[str, int]:
+        """Feature widths of feature-matrix domains (``{}`` for images)."""
+        return {n: d.info["dim"] for n, d in self.domains.items() if "dim" in d.info}
 
     @cached_property
     def source_splits(self) -> list[tuple[Dataset, Dataset | None]]:

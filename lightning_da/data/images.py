@@ -7,6 +7,7 @@ error naming the file when it is loaded.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Sequence
 
@@ -17,6 +18,7 @@ from torchvision import transforms as T
 from lightning_da.data.domain import DataError, Domain
 from lightning_da.data.views import strong_image_transform
 
+log = logging.getLogger(__name__)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
@@ -31,6 +33,14 @@ def image_transforms(train: bool, resize: int = 256, crop: int = 224, mean: Sequ
     else:
         ops = [T.Resize((test_resize or resize,) * 2), T.CenterCrop(crop)]
     return T.Compose(ops + [T.ToTensor(), T.Normalize(mean, std)])
+
+
+def small_image_transforms(size: int, channels: int = 3, strong: bool = False):
+    """Fixed-size inputs of digit networks (LeNet, DTN): ``Resize((size, size))`` [-> grey]
+    [-> RandAugment(2, 10) for the strong view] -> ``ToTensor -> Normalize(0.5, 0.5)``, the same
+    for training and testing (the digit protocol has no crop or flip)."""
+    ops = [T.Resize((size, size))] + ([T.Grayscale(1)] if channels == 1 else []) + ([T.RandAugment(2, 10)] if strong else [])
+    return T.Compose(ops + [T.ToTensor(), T.Normalize((0.5,) * channels, (0.5,) * channels)])
 
 
 class ImageSamples(Dataset):
@@ -54,19 +64,31 @@ class ImageSamples(Dataset):
         return (weak if self.strong is None else (weak, self.strong(img))), label
 
 
-def scan_image_folder(path: str) -> tuple[list[tuple[str, int]], list[str]]:
+def scan_image_folder(path: str, allow_empty_classes: bool = False) -> tuple[list[tuple[str, int]], list[str]]:
+    """``(path, label)`` samples and class names of an ImageFolder. A class folder without images is
+    an error naming it (its class would silently never be seen), or with ``allow_empty_classes`` a
+    warning (a class legitimately absent from this domain keeps its label)."""
     layout = "ImageFolder layout <path>/<class name>/<image file>"
     if not os.path.isdir(path):
         raise DataError(f"image folder {os.path.abspath(path)!r} does not exist; expected {layout}")
     classes = sorted(e.name for e in os.scandir(path) if e.is_dir() and not e.name.startswith("."))
     if not classes:
         raise DataError(f"image folder {os.path.abspath(path)!r} has no class sub-folders; expected {layout}")
-    samples = []
+    samples, empty = [], []
     for label, cls in enumerate(classes):
-        for dirpath, _, files in sorted(os.walk(os.path.join(path, cls), followlinks=True)):
-            samples += [(os.path.join(dirpath, f), label) for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        found = [(os.path.join(dirpath, f), label) for dirpath, _, files in sorted(os.walk(os.path.join(path, cls), followlinks=True))
+                 for f in sorted(files) if f.lower().endswith(IMAGE_EXTENSIONS)]
+        if not found:
+            empty.append(os.path.join(os.path.abspath(path), cls))
+        samples += found
     if not samples:
         raise DataError(f"image folder {os.path.abspath(path)!r} has class folders {classes[:5]}... but no images; expected {layout}")
+    if empty and not allow_empty_classes:
+        raise DataError(f"class folder(s) without images: {empty} (image files end in {', '.join(IMAGE_EXTENSIONS)}); "
+                        "add images, remove the folder from every domain, or set data.domain_args.allow_empty_classes=true "
+                        "if the class is legitimately absent from this domain")
+    for folder in empty:
+        log.warning("class folder %s has no images: its class is absent from this domain (allow_empty_classes)", folder)
     return samples, classes
 
 
@@ -92,9 +114,10 @@ def read_image_list(list_file: str, root: str = "") -> list[tuple[str, int]]:
     return samples
 
 
-def image_domain(name: str, root: str, path: str | None = None, list_file: str | None = None,
+def image_domain(name: str, root: str | None = None, path: str | None = None, list_file: str | None = None,
                  test_path: str | None = None, test_list_file: str | None = None, classes: Sequence[str] | None = None,
-                 transform: dict | None = None, strong_view: dict | None = None, **_) -> Domain:
+                 transform: dict | None = None, strong_view: dict | None = None, image_size: int | None = None,
+                 channels: int | None = None, allow_empty_classes: bool = False, **_) -> Domain:
     """An image domain from an ImageFolder (``root/path``) or an image list (``root/list_file``).
 
     ``classes`` names the classes of an image list in label order (default ``"0".."K-1"``); for an
@@ -102,8 +125,21 @@ def image_domain(name: str, root: str, path: str | None = None, list_file: str |
     held-out split; without one the domain is transductive (its train split is also evaluated).
     ``transform`` holds the arguments of :func:`image_transforms`; ``strong_view`` those of
     :func:`~lightning_da.data.views.strong_image_transform` beyond them (for ``data.strong_target_view``).
+    With ``image_size`` (a fixed-size digit network's input, set by the DataModule from the
+    backbone) and no ``transform``, images are resized to it (grey for ``channels=1``) as
+    :func:`small_image_transforms`; a ``transform`` with 1 channel is refused (RGB pipeline).
     """
-    transform = dict(transform or {})
+    root = root or ""
+    transform = {k: v for k, v in (transform or {}).items() if v is not None} or None  # null values: defaults
+    if transform is None and image_size is not None:
+        train_tf = test_tf = small_image_transforms(image_size, channels or 3)
+    else:
+        if channels not in (None, 3):
+            raise DataError(f"domain {name!r}: data.domain_args.channels={channels}, but the image transform "
+                            f"{transform} makes 3-channel (RGB) inputs; drop the transform (the backbone's input size "
+                            "is then used) or use a 3-channel backbone")
+        transform = dict(transform or {})
+        train_tf, test_tf = image_transforms(True, **transform), image_transforms(False, **transform)
 
     def load(folder, listing):
         if listing is not None:
@@ -115,7 +151,7 @@ def image_domain(name: str, root: str, path: str | None = None, list_file: str |
             return samples, names
         if folder is None:
             raise DataError(f"domain {name!r}: give either path (ImageFolder) or list_file (image list)")
-        samples, names = scan_image_folder(os.path.join(root, folder))
+        samples, names = scan_image_folder(os.path.join(root, folder), allow_empty_classes)
         if classes is not None and list(classes) != names:
             raise DataError(f"domain {name!r}: folders {names} differ from the configured classes {list(classes)}")
         return samples, names
@@ -126,8 +162,11 @@ def image_domain(name: str, root: str, path: str | None = None, list_file: str |
         test_samples, test_names = load(test_path, test_list_file)
         if test_names != names:
             raise DataError(f"domain {name!r}: test classes {test_names} differ from train classes {names}")
-        test = ImageSamples(test_samples, image_transforms(False, **transform))
-    train = ImageSamples(train_samples, image_transforms(True, **transform))
-    strong = ImageSamples(train_samples, train.transform, strong_image_transform(**{**transform, **(strong_view or {})}))
-    return Domain(name, train, names, test, train_eval=ImageSamples(train_samples, image_transforms(False, **transform)),
-                  train_strong=strong)
+        test = ImageSamples(test_samples, test_tf)
+    train = ImageSamples(train_samples, train_tf)
+    if transform is None:
+        strong_tf = small_image_transforms(image_size, channels or 3, strong=True)
+    else:
+        strong_tf = strong_image_transform(**{**transform, **(strong_view or {})})
+    strong = ImageSamples(train_samples, train.transform, strong_tf)
+    return Domain(name, train, names, test, train_eval=ImageSamples(train_samples, test_tf), train_strong=strong)

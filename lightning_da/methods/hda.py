@@ -42,6 +42,8 @@ class HDANet(DAMethod):
     """
 
     splits_domains = False
+    #: the per-domain projectors are built from the data's input widths (no backbone config)
+    takes_backbone = False
     unused_options = ("bottleneck",)  # the projectors end in the common space
 
     def __init__(self, input_dims: dict[str, int], num_classes: int, optimizer: Callable, scheduler: Callable | None = None,
@@ -50,7 +52,7 @@ class HDANet(DAMethod):
                  stepwise_oracle: bool = True):
         if backbone is not None:
             raise ValueError(f"{type(self).__name__} builds one projector per domain from the data's input dims; "
-                             "it takes no backbone (use backbone=null)")
+                             "it takes no backbone (experiments: backbone: null; command line: drop backbone=...)")
         self._head_cfg = dict(logit_leaky_relu=logit_leaky_relu, init_std=init_std)
         projectors = DomainProjectors(dict(input_dims), d_common, layer, normalize_features, init_std)
         super().__init__(projectors, num_classes, optimizer, scheduler, norm=norm, lr_mult=lr_mult)

@@ -121,14 +121,44 @@ def _efficientnet_lite0(name, pretrained: bool, weights_path: str | None, **_) -
     return EfficientNetLite0(pretrained=pretrained, weights_path=weights_path)
 
 
-def _digits(cls) -> Callable[..., nn.Module]:
-    def build(name, pretrained: bool, in_channels: int = 1, input_size: int = 28, weights=None, weights_path=None,
-              **unknown) -> nn.Module:
+class MLP(nn.Sequential):
+    """Feature vectors -> ``[Linear -> BatchNorm1d -> ReLU]`` per hidden width (UDA on pre-extracted
+    features); ``in_features`` comes from the data when the config leaves it null."""
+
+    def __init__(self, in_features: int, hidden: list[int] | tuple[int, ...] = (256,), batch_norm: bool = True):
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h)] + ([nn.BatchNorm1d(h)] if batch_norm else []) + [nn.ReLU(inplace=True)]
+            width = h
+        super().__init__(*layers)
+        self.out_features = width
+        self.input_spec = None  # not images
+
+
+def _mlp(name, pretrained: bool, in_features: int | None = None, hidden=(256,), batch_norm: bool = True,
+         weights=None, weights_path=None, **unknown) -> nn.Module:
+    if pretrained or weights or weights_path:
+        raise ValueError("mlp is trained from scratch: set backbone.pretrained=false and no weights")
+    if unknown:
+        raise TypeError(f"mlp takes in_features, hidden and batch_norm, not {sorted(unknown)}")
+    if not in_features:
+        raise ValueError("backbone=mlp needs backbone.in_features (the feature width; feature data fills it in)")
+    return MLP(in_features, tuple(hidden), batch_norm)
+
+
+def _digits(cls, channels: int = 1, size: int = 28) -> Callable[..., nn.Module]:
+    def build(name, pretrained: bool, in_channels: int | None = None, input_size: int | None = None, weights=None,
+              weights_path=None, **unknown) -> nn.Module:
         if pretrained or weights or weights_path:
             raise ValueError(f"{name} is trained from scratch: set backbone.pretrained=false and no weights")
         if unknown:
             raise TypeError(f"{name} takes in_channels and input_size, not {sorted(unknown)}")
-        return cls(in_channels=in_channels, input_size=input_size)
+        in_channels, input_size = in_channels or channels, input_size or size
+        model = cls(in_channels=in_channels, input_size=input_size)
+        # flattening CNNs take one input size only
+        model.input_spec = {"channels": in_channels, "size": input_size, "fixed_size": True}
+        return model
 
     return build
 
@@ -136,13 +166,14 @@ def _digits(cls) -> Callable[..., nn.Module]:
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "lenet": _digits(LeNet),
     "lenet_bn": _digits(LeNetBN),
-    "dtn": _digits(DTN),
+    "dtn": _digits(DTN, channels=3, size=32),
     "resnet18": _torchvision_resnet,
     "resnet34": _torchvision_resnet,
     "resnet50": _torchvision_resnet,
     "resnet101": _torchvision_resnet,
     "resnet152": _torchvision_resnet,
     "efficientnet_lite0": _efficientnet_lite0,
+    "mlp": _mlp,
 }
 
 
@@ -151,7 +182,8 @@ def build_backbone(name: str, pretrained: bool = False, weights: str | None = No
     """Build backbone ``name`` (a key of ``BACKBONES`` or ``timm/<model>``) with ``out_features``.
 
     ``freeze=True`` stops gradients into the backbone (its BatchNorm statistics still update in
-    training mode unless the method puts it in eval mode).
+    training mode unless the method puts it in eval mode). The model's ``input_spec`` (channels,
+    size, whether only that size fits) lets the DataModule shape the images to it.
     """
     if name.startswith("timm/"):
         model = _timm(name, pretrained=pretrained, weights_path=weights_path, **kwargs)
@@ -161,4 +193,6 @@ def build_backbone(name: str, pretrained: bool = False, weights: str | None = No
         raise ValueError(f"unknown backbone {name!r}; available: {sorted(BACKBONES)} or 'timm/<any timm model>'")
     if freeze:
         model.requires_grad_(False)
+    if not hasattr(model, "input_spec"):  # ImageNet networks with global pooling: RGB at any size (224 px by default)
+        model.input_spec = {"channels": 3, "size": 224, "fixed_size": False}
     return model
