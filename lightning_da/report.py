@@ -26,8 +26,16 @@ import csv
 import functools
 import json
 import statistics
+import sys
 from collections import defaultdict
 from pathlib import Path
+
+
+def unfinished(folder: str | Path) -> list[Path]:
+    """Run folders (a Hydra ``.hydra/`` or a ``checkpoints/`` folder inside) without ``results.json``:
+    crashed, interrupted or still running."""
+    marks = {p.parent for p in Path(folder).rglob(".hydra")} | {p.parent for p in Path(folder).rglob("checkpoints")}
+    return sorted(d for d in marks if not (d / "results.json").exists())
 
 
 def collect(folder: str | Path) -> list[dict]:
@@ -81,20 +89,22 @@ def table(runs: list[dict], by_folder: bool = False, by: tuple[str, ...] = ()) -
         groups[(label(r, by_folder, by), r["task"])].append(r)
     rows = []
     for (method, task), rs in sorted(groups.items()):
+        # full-batch HDA runs record their labelled-target split: runs differ in split, not seed
+        unit = "split" if all("split" in r for r in rs) and len({r["split"] for r in rs}) > 1 else "seed"
         monitors = sorted({r["best"]["monitor"] for r in rs if "best" in r})
         rows.append({
-            "method": method, "task": task, "seeds": len(rs),
+            "method": method, "task": task, "seeds": f"{len(rs)} {unit}{'s' if len(rs) > 1 else ''}",
             "last": _mean_std([r["last"]["test/target_acc"] for r in rs if "last" in r]),
             "best": _mean_std([r["best"]["test/target_acc"] for r in rs if "best" in r]),
             "monitor": ",".join(monitors) or "-",
             "oracle": _mean_std([r["oracle"]["val/target_acc"] for r in rs if "oracle" in r]),
-            "per_seed_last": " ".join(f"{100 * r['last']['test/target_acc']:.2f}" for r in sorted(rs, key=lambda r: r["seed"]) if "last" in r),
+            "per_seed_last": " ".join(f"{100 * r['last']['test/target_acc']:.2f}" for r in sorted(rs, key=lambda r: r[unit]) if "last" in r),
         })
     return rows
 
 
 def markdown(rows: list[dict]) -> str:
-    head = "| method | task | seeds | last | best (monitor) | oracle (target labels) | last, per seed |\n|---|---|---|---|---|---|---|"
+    head = "| method | task | runs | last | best (monitor) | oracle (target labels) | last, per seed (or split) |\n|---|---|---|---|---|---|---|"
     body = [f"| {r['method']} | {r['task']} | {r['seeds']} | {r['last']} | {r['best']} ({r['monitor']}) | {r['oracle']} | {r['per_seed_last']} |"
             for r in rows]
     return "\n".join([head, *body])
@@ -184,6 +194,10 @@ def main() -> None:
     ap.add_argument("--plot", default=None, help="write a PNG of each validator against target accuracy")
     args = ap.parse_args()
     runs = collect(args.folder)
+    skipped = unfinished(args.folder)
+    if skipped:
+        print(f"skipped {len(skipped)} run folder(s) without results.json (crashed, interrupted or unfinished): "
+              + ", ".join(str(p) for p in skipped), file=sys.stderr)
     if not runs:
         raise SystemExit(f"no results.json under {args.folder}")
     rows = table(runs, args.by_folder, tuple(args.by))

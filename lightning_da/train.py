@@ -24,7 +24,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_da.callbacks import MetricHistory, RNGStateCheckpoint, StepwiseTargetAccuracy
+from lightning_da.callbacks import InterruptCheckpoint, MetricHistory, ProgressLine, RNGStateCheckpoint, StepwiseTargetAccuracy
 from lightning_da.validators import VALIDATORS, ValidatorScores
 
 log = logging.getLogger(__name__)
@@ -96,8 +96,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
             raise ValueError(f"{type(model).__name__} needs weak and strong target views, which {type(datamodule).__name__} cannot give")
         datamodule.strong_target_view = True
     callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    if not cfg.trainer.get("enable_progress_bar", True):
-        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if not cfg.trainer.get("enable_progress_bar", True):  # a log line every tenth of the run instead
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)] + [ProgressLine()]
+    if hasattr(datamodule, "labeled_index"):  # full-batch HDA: one batch, no per-sample target loader
+        dropped = [type(c).__name__ for c in callbacks if type(c).__name__ in ("ValidatorScores", "EmbeddingVisuals")]
+        if dropped:
+            log.info("full-batch HDA data has no per-sample target loader: %s skipped (the oracle best step and "
+                     "the last step are reported instead)", ", ".join(dropped))
+            callbacks = [c for c in callbacks if type(c).__name__ not in dropped]
     callbacks += [MetricHistory(), RNGStateCheckpoint()]
     monitor = cfg.get("monitor")
     split = re.fullmatch(r"val/(\w+?)_acc(_mean_class)?", monitor or "")
@@ -121,6 +127,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
             raise ValueError("early_stopping.patience is set but monitor=null: name the metric to stop on (e.g. monitor=val/validator/snd)")
         callbacks.append(EarlyStopping(monitor=monitor, mode=cfg.monitor_mode, patience=stop.patience, min_delta=stop.get("min_delta", 0.0)))
     ckpt_dir = os.path.join(cfg.paths.output_dir, "checkpoints")
+    callbacks.append(InterruptCheckpoint(ckpt_dir, list(cfg.get("hydra", {}).get("overrides", {}).get("task", [])),
+                                         cfg.paths.output_dir))
     if monitor:  # first, so that trainer.checkpoint_callback is the best-by-monitor one
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, monitor=monitor, mode=cfg.monitor_mode, save_top_k=1,
                                          filename="best-epoch{epoch:03d}", auto_insert_metric_name=False))
@@ -191,6 +199,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "norm": (cfg.get("norm") or {}).get("kind", "bn"), "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision),
         "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
     }
+    if hasattr(datamodule, "labeled_index"):  # semi-supervised HDA: which labelled-target split
+        results["split"] = int(datamodule.split)
+    results["target_eval"] = getattr(datamodule, "target_eval_description", None)
     # the weights after the last step (last.ckpt is written at epoch ends, not after a max_steps stop)
     final = os.path.join(cfg.paths.output_dir, "checkpoints", "final.ckpt") if trains else None
     if trains:
@@ -234,6 +245,8 @@ def _pct(v) -> str:
 
 def summary(results: dict) -> str:
     lines = [f"== {results['method']} on {results['task']} (seed {results['seed']}): {results['steps']} steps =="]
+    if results.get("target_eval"):
+        lines.append(f"evaluated on {results['target_eval']}")
     if "last" in results:
         lines.append(f"target accuracy, last checkpoint:              {_pct(results['last'].get('test/target_acc'))}"
                      f"  (mean per class {_pct(results['last'].get('test/target_acc_mean_class'))})")

@@ -99,13 +99,8 @@ class _Recorder(L.Callback):
 def run_one_batch(model: L.LightningModule, batch: dict | None = None, data: L.LightningDataModule | None = None,
                   max_epochs: int = 1, **trainer_kwargs: Any) -> dict[str, float]:
     """Fit ``model`` on one batch (per epoch) on the CPU; returns the scalars logged at the last batch."""
-    data = data or OneBatchData(batch)
-    recorder = _Recorder()
-    trainer = L.Trainer(accelerator="cpu", devices=1, max_epochs=max_epochs, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1,
-                        limit_val_batches=0, num_sanity_val_steps=0, callbacks=[recorder], **trainer_kwargs)
-    trainer.fit(model, datamodule=data)
-    return recorder.logged[-1] if recorder.logged else {}
+    logged, _ = run_batches(model, batch, data, max_epochs, **trainer_kwargs)
+    return logged[-1] if logged else {}
 
 
 def assert_close_logs(logged: dict[str, float], expected: dict[str, float | torch.Tensor], rtol: float = 1e-5,

@@ -18,8 +18,8 @@ def test_report_groups_by_method_and_norm_or_by_folder():
             fake("CDAN", "rn", 0, 0.95, "cdan_rn"), fake("CDAN", "rn", 1, 0.97, "cdan_rn")]
     rows = {r["method"]: r for r in table(runs)}
     assert set(rows) == {"CDAN", "CDAN + rn"}                       # no norm recorded = bn
-    assert rows["CDAN"]["seeds"] == 2 and rows["CDAN + rn"]["last"] == "96.00 ± 1.41"
-    assert "| CDAN + rn | mnist->usps | 2 | 96.00 ± 1.41 |" in markdown(table(runs))
+    assert rows["CDAN"]["seeds"] == "2 seeds" and rows["CDAN + rn"]["last"] == "96.00 ± 1.41"
+    assert "| CDAN + rn | mnist->usps | 2 seeds | 96.00 ± 1.41 |" in markdown(table(runs))
     by_folder = {r["method"] for r in table(runs, by_folder=True)}
     assert by_folder == {"cdan_bn", "cdan_rn"}
 

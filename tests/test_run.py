@@ -184,11 +184,11 @@ def test_multirun_two_jobs(tmp_path):
     from lightning_da.report import collect, markdown, table
 
     rows = table(collect(tmp_path))
-    assert len(rows) == 1 and rows[0]["seeds"] == 2
+    assert len(rows) == 1 and rows[0]["seeds"] == "2 seeds"
     accs = [100 * r["last"]["test/target_acc"] for r in results]
     mean = sum(accs) / 2
     assert rows[0]["last"].startswith(f"{mean:.2f} ± ")
-    assert "| DANN | mnist->usps | 2 |" in markdown(rows)
+    assert "| DANN | mnist->usps | 2 seeds |" in markdown(rows)
     by_seed = table(collect(tmp_path), by=("seed", "method.trade_off"))  # keys from each run's .hydra/config.yaml
     assert [r["method"] for r in by_seed] == ["DANN seed=0 method.trade_off=1.0", "DANN seed=1 method.trade_off=1.0"]
 

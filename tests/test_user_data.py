@@ -7,37 +7,30 @@ import os
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from conftest import QUICK, make_cfg
-from lightning_da.data.digits import bundled
+from lightning_da.data.examples import write_examples
 from lightning_da.data.domain import DataError
 from lightning_da.train import build, train
 
 FAST = [*QUICK, "data.num_workers=0", "data.batch_size=8", "logger=none"]
 
 
-def dump(domain, root, per_class, split="train"):
-    ds = getattr(domain, split)
-    counts = {}
-    for i in range(len(ds)):
-        y = int(ds.labels[i])
-        if counts.get(y, 0) < per_class:
-            counts[y] = counts.get(y, 0) + 1
-            os.makedirs(root / str(y), exist_ok=True)
-            Image.fromarray(ds.images[i][0].numpy()).save(root / str(y) / f"{i}.png")
-    return root
-
-
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
-    """MNIST as one ImageFolder; USPS as train/ + test/ sub-folders (a held-out evaluation split)."""
-    root = tmp_path_factory.mktemp("user_images")
-    dump(bundled(root=None, name="mnist"), root / "mnist", 4)
-    usps = bundled(root=None, name="usps")
-    dump(usps, root / "usps" / "train", 4)
-    dump(usps, root / "usps" / "test", 2, split="test")
-    return root
+    """The README's example (lightning_da.data.examples): MNIST as one ImageFolder; USPS as train/ +
+    test/ sub-folders (a held-out evaluation split); two feature files."""
+    return write_examples(tmp_path_factory.mktemp("user_data"))
+
+
+def test_readme_commands_run_as_written(folders, tmp_path):
+    """The two commands of the README's "Your own data" section, on the example it writes."""
+    for data in ([f"data=image_folder", f"data.source={folders / 'mnist'}", f"data.target={folders / 'usps'}", *FAST],
+                 ["data=features", "method=ssan", f"data.source={folders / 'features' / 'source.npz'}",
+                  f"data.target={folders / 'features' / 'target.npz'}", "data.steps_per_epoch=5", "trainer.max_epochs=1",
+                  "logger=none"]):
+        res = train(make_cfg(tmp_path / data[0].split("=")[1], data))
+        assert "last" in res
 
 
 def test_two_image_folders_train_dann_through_run_py(folders, tmp_path):
@@ -168,3 +161,43 @@ def test_office_hda_config_names_only_its_own_domains():
 
     cfg = yaml.safe_load((CONF / "data" / "office_caltech10_hda.yaml").read_text())
     assert "class_names" not in (cfg.get("domain_args") or {})
+
+
+# ---------------------------------------------------------------------------------------------- interrupts
+def test_interrupt_in_epoch_0_saves_a_checkpoint_and_says_how_to_resume(tmp_path, capsys):
+    import lightning as L
+
+    class CtrlC(L.Callback):
+        def on_train_batch_end(self, trainer, *args):
+            if trainer.global_step == 2:
+                raise KeyboardInterrupt
+
+    cfg = make_cfg(tmp_path, ["method=source_only", *QUICK, "data.iters_per_epoch=6", "logger=none"])
+    dm, model, trainer = build(cfg)
+    trainer.callbacks.append(CtrlC())
+    with pytest.raises(SystemExit):  # Lightning's graceful shutdown exits with status 1
+        trainer.fit(model, datamodule=dm)
+    err = capsys.readouterr().err
+    ckpt = tmp_path / "checkpoints" / "interrupted.ckpt"
+    assert ckpt.exists() and f"interrupted at epoch 0, step 2: saved the weights, optimiser and loop state to {ckpt}" in err
+    assert f"resume with: python run.py " in err and f"ckpt_path={ckpt}" in err and f"hydra.run.dir={tmp_path}" in err
+    res = train(make_cfg(tmp_path, ["method=source_only", *QUICK, "data.iters_per_epoch=6", "logger=none", f"ckpt_path={ckpt}"]))
+    assert res["steps"] == 6
+
+
+def test_report_names_unfinished_runs_and_reports_hda_splits(feature_files, tmp_path, capsys, monkeypatch):
+    import sys
+
+    from lightning_da import report
+
+    for split in (0, 1):
+        train(make_cfg(tmp_path / f"split{split}", ["data=features", "method=hda_net", f"data.source={feature_files / 'src.npz'}",
+                                                     f"data.target={feature_files / 'tgt.npz'}", "data.steps_per_epoch=3",
+                                                     f"data.split={split}", "trainer.max_epochs=1", "logger=none",
+                                                     "trainer.enable_progress_bar=false"]))
+    (tmp_path / "crashed" / "checkpoints").mkdir(parents=True)
+    monkeypatch.setattr(sys, "argv", ["report", str(tmp_path)])
+    report.main()
+    out = capsys.readouterr()
+    assert f"skipped 1 run folder(s) without results.json (crashed, interrupted or unfinished): {tmp_path / 'crashed'}" in out.err
+    assert "| HDANet | src->tgt | 2 splits |" in out.out

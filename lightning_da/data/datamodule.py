@@ -166,6 +166,14 @@ class DADataModule(L.LightningDataModule):
         return d.test if use_test else d.train_eval
 
     @property
+    def target_eval_description(self) -> str:
+        """What the target accuracy is measured on (for the run's summary)."""
+        d = self.domains[self.target_name]
+        if self.target_eval_set is d.test:
+            return f"the target's held-out test split ({len(d.test)} samples)"
+        return f"the target's own training samples ({len(d.train_eval)}; transductive, no test split used)"
+
+    @property
     def eval_names(self) -> list[str]:
         """Names of the evaluation loaders, in order: ``target`` then ``source`` / ``source_<name>``."""
         names = ["target"]

@@ -136,6 +136,11 @@ class FullBatchDataModule(L.LightningDataModule):
         self.eval_batch = (xt[unlabeled], yt[unlabeled])
 
     @property
+    def target_eval_description(self) -> str:
+        return (f"the unlabelled target ({len(self.unlabeled_index)} samples; transductive), labelled split "
+                f"{self.split} ({len(self.labeled_index)} samples) excluded")
+
+    @property
     def num_classes(self) -> int:
         return len(self.classes)
 
