@@ -84,3 +84,12 @@ def test_mcd_refuses_trade_off_through_run_py(tmp_path):
     cfg = make_cfg(tmp_path, ["experiment=mcd_digits", "data=digits_bundled", "+method.trade_off=0.3", *QUICK])
     with pytest.raises(Exception, match=r"MCD does not use the option\(s\) \['trade_off'\].*method\.trade_off"):
         build(cfg)
+
+
+def test_unused_options_stay_out_of_the_hyperparameters():
+    """A checkpoint's hyper-parameters must not carry a refused option (load_from_checkpoint would pass it)."""
+    model = methods.MCD(build_backbone("lenet"), 2, SGD, head={"hidden": [4], "dropout": 0.0})
+    assert not {"trade_off", "classifier_init"} & set(model.hparams)
+    assert model.hparams.channels_last is False  # switches stay: setup reads them
+    with pytest.raises(ValueError, match="trade_off"):  # the default value given explicitly is still refused
+        methods.MCD(build_backbone("lenet"), 2, SGD, trade_off=1.0)

@@ -43,7 +43,7 @@ def main() -> None:
     size = 64 if args.tiny else args.size
     backbone = CLIPImageEncoder(args.model, pretrained=None, model_cfg=TINY if args.tiny else None)
     model = CMKD(backbone, args.classes, optimizer=partial(torch.optim.SGD, lr=3e-7, momentum=0.9, nesterov=True, weight_decay=5e-4),
-                 class_names=[f"class {i}" for i in range(args.classes)], bottleneck={"dim": 0},
+                 class_names=[f"class {i}" for i in range(args.classes)],
                  lr_mult={"backbone": 1.0, "classifier": 10000.0}, fixmatch={"enabled": args.fixmatch},
                  rst={"enabled": args.rst, "tau": 1e-6}).to(args.device).train()
     opt = model.configure_optimizers()

@@ -75,7 +75,9 @@ class DAMethod(L.LightningModule):
                  trade_off: float | None = None, channels_last: bool | None = None, compile: bool | None = None):
         given = {"bottleneck": bottleneck, "classifier_init": classifier_init, "lr_mult": lr_mult,
                  "extra_losses": extra_losses, "trade_off": trade_off, "channels_last": channels_last, "compile": compile}
-        refused = [name for name in self.unused_options if given[name] is not None]
+        # switches count as given when on (false is the no-op value); the others when set at all
+        refused = [name for name in self.unused_options
+                   if (given[name] if name in ("channels_last", "compile") else given[name] is not None)]
         if refused:
             raise ValueError(f"{type(self).__name__} does not use the option(s) {refused}: remove "
                              f"{', '.join('method.' + n for n in refused)} from the method config")
@@ -85,7 +87,10 @@ class DAMethod(L.LightningModule):
         trade_off = 1.0 if trade_off is None else trade_off
         channels_last, compile = bool(channels_last), bool(compile)
         super().__init__()
-        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "norm", *self.hparams_ignore], logger=False)
+        # unused options stay out of the checkpoint's hyper-parameters, so load_from_checkpoint does not pass them
+        unused = [n for n in self.unused_options if n not in ("channels_last", "compile")]
+        self.save_hyperparameters(ignore=["backbone", "optimizer", "scheduler", "norm", *self.hparams_ignore, *unused],
+                                  logger=False)
         self.backbone = backbone
         self.bottleneck = Bottleneck(backbone.out_features, **(bottleneck or {}))
         self.classifier = Classifier(self.bottleneck.out_features, num_classes, init=classifier_init)
