@@ -201,3 +201,12 @@ def test_report_names_unfinished_runs_and_reports_hda_splits(feature_files, tmp_
     out = capsys.readouterr()
     assert f"skipped 1 run folder(s) without results.json (crashed, interrupted or unfinished): {tmp_path / 'crashed'}" in out.err
     assert "| HDANet | src->tgt | 2 splits |" in out.out
+
+
+def test_hda_run_logs_progress_and_says_why_validators_are_skipped(feature_files, tmp_path, caplog):
+    with caplog.at_level(logging.INFO):
+        train(make_cfg(tmp_path, ["data=features", "method=ssan", f"data.source={feature_files / 'src.npz'}",
+                                  f"data.target={feature_files / 'tgt.npz'}", "data.steps_per_epoch=20", "trainer.max_epochs=1",
+                                  "logger=none", "trainer.enable_progress_bar=false"]))
+    assert "step 20/20 (100%)" in caplog.text and "step 2/20 (10%)" in caplog.text
+    assert "full-batch HDA data has no per-sample target loader: ValidatorScores, EmbeddingVisuals skipped" in caplog.text

@@ -22,14 +22,17 @@ class ProgressLine(L.Callback):
         total = trainer.estimated_stepping_batches
         self._total = int(total) if total != float("inf") else None
         self._every = self.every or max(1, (self._total or 1000) // 10)
+        self._done = self._first = trainer.fit_loop.epoch_loop._batches_that_stepped  # > 0 when resumed
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        done = trainer.fit_loop.epoch_loop._batches_that_stepped
+        self._done += 1
+        done = self._done
         if done % self._every and done != self._total:
             return
         loss = trainer.callback_metrics.get("train/loss")
         elapsed = time.time() - self._start
         total = f"/{self._total} ({100 * done / self._total:.0f}%)" if self._total else ""
-        eta = f", eta {elapsed / done * (self._total - done):.0f} s" if self._total and done else ""
+        ran = done - self._first
+        eta = f", eta {elapsed / ran * (self._total - done):.0f} s" if self._total and 0 < ran and done < self._total else ""
         log.info("step %d%s%s, %.0f s%s", done, total, f", train/loss {float(loss):.4f}" if loss is not None else "",
                  elapsed, eta)
