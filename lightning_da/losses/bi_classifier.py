@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -108,18 +108,4 @@ def gradient_discrepancy(
         else:
             cos = F.cosine_similarity(gt.reshape(-1), gs.reshape(-1), dim=0)
         terms.append(1.0 - cos)
-    return torch.stack(terms).mean()
-
-
-def cgdm_gradient_discrepancy(
-    source_losses: Sequence[torch.Tensor],
-    target_losses: Sequence[torch.Tensor],
-    head_params: Sequence[Iterable[torch.Tensor]],
-) -> torch.Tensor:
-    """``L_GD = mean_k L_GD^k`` over the heads (``(L_GD^1 + L_GD^2) / 2`` for CGDM's two heads);
-    ``source_losses[k]``, ``target_losses[k]`` and ``head_params[k]`` belong to head ``k``.
-    """
-    if not (len(source_losses) == len(target_losses) == len(head_params)) or not head_params:
-        raise ValueError("cgdm_gradient_discrepancy: need one source loss, target loss and parameter list per head")
-    terms = [gradient_discrepancy(s, t, p) for s, t, p in zip(source_losses, target_losses, head_params)]
     return torch.stack(terms).mean()

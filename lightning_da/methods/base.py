@@ -296,6 +296,11 @@ class DAMethod(L.LightningModule):
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.make_scheduler(optimizer), "interval": "step"}}
 
+    def scheduler_list(self) -> list:
+        """The configured LR schedulers as a list (manual optimisation steps them itself)."""
+        schedulers = self.lr_schedulers()
+        return schedulers if isinstance(schedulers, list) else [schedulers] if schedulers is not None else []
+
     def make_scheduler(self, optimizer: torch.optim.Optimizer):
         """The configured schedule for ``optimizer`` (given the run's length if it asks for ``total_steps``)."""
         kwargs = {}

@@ -199,15 +199,11 @@ class M2CAN(DAMethod):
         opt_d.step()
         self.sam.restore()
         opt.step()
-        for s in self._schedulers():
+        for s in self.scheduler_list():
             s.step()
         if self.logging_step():
             self.log_train({"train/loss": loss2.detach(), **logs, "train/loss_transfer": logs2["train/loss_transfer"],
                             "train/grl_coeff": self.grls[0].coeff, "train/target_in_batch": float(len(ids) > self.n_sources)})
-
-    def _schedulers(self) -> list:
-        s = self.lr_schedulers()
-        return s if isinstance(s, list) else [s] if s is not None else []
 
     @torch.no_grad()
     def target_head_logits(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -144,15 +144,11 @@ class MCD(DAMethod):
         logs = self.step_a(batch, opt_g, opt_f)
         logs.update(self.step_b(batch, opt_f))
         logs.update(self.step_c(batch, opt_g))
-        for scheduler in self._schedulers():
+        for scheduler in self.scheduler_list():
             scheduler.step()
         if self.logging_step():
             logs["train/loss"] = logs["train/loss_cls"] + logs["train/loss_transfer"]
             self.log_train(logs)
-
-    def _schedulers(self) -> list:
-        schedulers = self.lr_schedulers()
-        return schedulers if isinstance(schedulers, list) else [schedulers] if schedulers is not None else []
 
     # ------------------------------------------------------------------ optimisers
     def generator_modules(self) -> list[tuple[str, torch.nn.Module]]:
