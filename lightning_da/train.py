@@ -53,12 +53,11 @@ def compose_config(overrides: list[str], output_dir: str | os.PathLike, config_d
     return cfg
 
 
-def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """Instantiate the DataModule, the method (backbone and norm inside) and the trainer."""
-    datamodule = instantiate(cfg.data, _convert_="all")
-    # HDA methods build per-domain projectors from the data instead (backbone=null)
+def build_backbone(cfg: DictConfig, datamodule, method_cls) -> torch.nn.Module | None:
+    """The configured backbone, fitted to the data: none for methods that build their own
+    (HDA projectors; an explicit ``backbone=`` override is refused), ``in_features: null`` filled
+    from the data's feature width, and the images shaped to the backbone's ``input_spec``."""
     backbone_cfg = cfg.get("backbone")
-    method_cls = get_class(cfg.method._target_)
     if backbone_cfg and not getattr(method_cls, "takes_backbone", True):
         overrides = list(cfg.get("hydra", {}).get("overrides", {}).get("task", []))
         if any(o.split("=")[0].lstrip("+~") == "backbone" for o in overrides):
@@ -76,6 +75,14 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     backbone = instantiate(backbone_cfg) if backbone_cfg else None
     if backbone is not None and hasattr(datamodule, "fit_inputs_to"):  # images shaped to the backbone's input
         datamodule.fit_inputs_to(getattr(backbone, "input_spec", None), f"backbone {cfg.backbone.get('name', '')}".strip())
+    return backbone
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """Instantiate the DataModule, the method (backbone and norm inside) and the trainer."""
+    datamodule = instantiate(cfg.data, _convert_="all")
+    method_cls = get_class(cfg.method._target_)
+    backbone = build_backbone(cfg, datamodule, method_cls)
     num_classes = datamodule.num_classes  # builds the domains and checks their class lists
     data_kwargs = dict(getattr(datamodule, "model_kwargs", {}))
     if "class_names" in inspect.signature(method_cls).parameters:

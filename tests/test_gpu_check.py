@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parents[1]
 PARTS = {"environment": ["versions"], "digits": ["DANN", "CDAN+E"],
          "throughput": [f"{k} {v}" for v in ("fp32", "bf16", "bf16+channels_last", "bf16+channels_last+compile")

@@ -25,7 +25,7 @@ def folders(tmp_path_factory):
 
 def test_readme_commands_run_as_written(folders, tmp_path):
     """The two commands of the README's "Your own data" section, on the example it writes."""
-    for data in ([f"data=image_folder", f"data.source={folders / 'mnist'}", f"data.target={folders / 'usps'}", *FAST],
+    for data in (["data=image_folder", f"data.source={folders / 'mnist'}", f"data.target={folders / 'usps'}", *FAST],
                  ["data=features", "method=ssan", f"data.source={folders / 'features' / 'source.npz'}",
                   f"data.target={folders / 'features' / 'target.npz'}", "data.steps_per_epoch=5", "trainer.max_epochs=1",
                   "logger=none"]):
@@ -180,7 +180,7 @@ def test_interrupt_in_epoch_0_saves_a_checkpoint_and_says_how_to_resume(tmp_path
     err = capsys.readouterr().err
     ckpt = tmp_path / "checkpoints" / "interrupted.ckpt"
     assert ckpt.exists() and f"interrupted at epoch 0, step 2: saved the weights, optimiser and loop state to {ckpt}" in err
-    assert f"resume with: python run.py " in err and f"ckpt_path={ckpt}" in err and f"hydra.run.dir={tmp_path}" in err
+    assert "resume with: python run.py " in err and f"ckpt_path={ckpt}" in err and f"hydra.run.dir={tmp_path}" in err
     res = train(make_cfg(tmp_path, ["method=source_only", *QUICK, "data.iters_per_epoch=6", "logger=none", f"ckpt_path={ckpt}"]))
     assert res["steps"] == 6
 

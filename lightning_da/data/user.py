@@ -19,7 +19,6 @@ Domains are named after their paths (the last folder or file stem).
 from __future__ import annotations
 
 import logging
-import os
 from functools import partial
 from pathlib import Path
 from typing import Sequence
@@ -91,21 +90,18 @@ def image_folders(target: str, source: str | None = None, sources: Sequence[str]
     if not src_paths:
         raise DataError("data.sources is empty: give at least one source path")
     names = _names([*src_paths, target])
-    domains = {}
-    for name, path in zip(names, [*src_paths, target]):
-        spec = _image_spec(path, target_test if path == target else None)
-        domains[name] = partial(image_domain, name=name, classes=class_names, **spec)
+    specs = [_image_spec(p, None) for p in src_paths] + [_image_spec(target, target_test)]
+    domains = {name: partial(image_domain, name=name, classes=class_names, **spec) for name, spec in zip(names, specs)}
     dm = DADataModule(domains, source=names[0] if source is not None else names[:-1], target=names[-1],
                       root=None, domain_args=domain_args, **datamodule_args)
-    target_spec = _image_spec(target, target_test)
-    if "test_path" not in target_spec and "test_list_file" not in target_spec:
+    if "test_path" not in specs[-1] and "test_list_file" not in specs[-1]:
         log.info("target %s has no test/val split: it is evaluated on its own training images (transductive)", target)
     return dm
 
 
 def _raw_labels(path: str, labels_key, labels_path: str | None) -> np.ndarray:
     arrays = open_arrays(labels_path or path)
-    if isinstance(arrays, np.ndarray) or hasattr(arrays, "numpy") and not hasattr(arrays, "keys"):
+    if not hasattr(arrays, "keys"):  # a bare array (.npy, or a .pt tensor)
         if labels_path is None:
             raise DataError(f"{path} holds only a feature array: give its labels in a labels file")
         return np.asarray(arrays).reshape(-1)
