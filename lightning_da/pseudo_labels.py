@@ -6,7 +6,8 @@
   it moves with the module's device and travels with checkpoints. Target training batches are
   ``(x, idx)`` (``data.domain.WithIndex``); ``idx`` is the key into the store. Any method that keeps
   per-sample target labels (CGDM's clustering, M2CAN's UACR selection) can use it.
-* :func:`predict_dataset`: one no-grad pass of a ``(features, probs)`` callable over a loader.
+* :func:`~lightning_da.predict.predict_dataset` (re-exported here): one no-grad pass of a
+  ``(features, probs)`` callable over a loader.
 
 Typical use (CGDM, at a pseudo-label refresh)::
 
@@ -20,10 +21,14 @@ Typical use (CGDM, at a pseudo-label refresh)::
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
+
+from lightning_da.predict import predict_dataset
+
+__all__ = ["PseudoLabelStore", "cluster_pseudo_labels", "predict_dataset", "target_indices"]
 
 _NEEDS_INDEX = ("the target loader must yield (x, idx), with idx the sample's index in the target train set, "
                 "so pseudo labels can be stored per sample")
@@ -213,54 +218,3 @@ class PseudoLabelStore(nn.Module):
     @property
     def num_labelled(self) -> int:
         return int(self.valid.sum())
-
-
-# ---------------------------------------------------------------------------------------------- prediction
-def _to_device(x: Any, device: torch.device | str) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return type(x)(_to_device(v, device) for v in x)
-    return x
-
-
-@torch.no_grad()
-def predict_dataset(forward: Callable[[Any], Sequence[torch.Tensor]], loader: Iterable, device: torch.device | str,
-                    indexed: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Run ``forward(x) -> (features, probs)`` over every batch of ``loader`` without gradients and
-    concatenate the results (on ``device``).
-
-    Batches are ``(x, idx)`` or ``(x, y)`` (or a bare ``x``); ``x`` may be a tensor or a collection of
-    tensors (moved to ``device``). With ``indexed=True`` the returned indices are ``batch[1]``, the
-    samples' dataset indices (a batch without them raises); otherwise they are the samples' positions
-    in the loader's order, ``0..N-1``, which are dataset indices only for an unshuffled loader.
-
-    The caller chooses the model's mode (the original passes run in eval mode).
-
-    Returns:
-        ``(features, probs, indices)`` with ``N`` rows each.
-    """
-    feats, probs, idxs, seen = [], [], [], 0
-    for batch in loader:
-        if indexed:
-            x, idx = target_indices(batch)
-        else:
-            x = batch[0] if isinstance(batch, (tuple, list)) else batch
-            idx = None
-        f, p = forward(_to_device(x, device))
-        if len(f) != len(p):
-            raise ValueError(f"forward returned {len(f)} feature rows but {len(p)} probability rows")
-        if idx is None:
-            idx = torch.arange(seen, seen + len(f))
-        idx = torch.as_tensor(idx).to(device).long().reshape(-1)
-        if len(idx) != len(f):
-            raise ValueError(f"a batch has {len(idx)} indices but forward returned {len(f)} rows")
-        seen += len(f)
-        feats.append(f)
-        probs.append(p)
-        idxs.append(idx)
-    if not feats:
-        raise ValueError("the loader yielded no batches")
-    return torch.cat(feats), torch.cat(probs), torch.cat(idxs)

@@ -8,7 +8,6 @@ epoch with the highest target accuracy, which uses target labels and is labelled
 from __future__ import annotations
 
 import copy
-import inspect
 import json
 import logging
 import os
@@ -58,7 +57,7 @@ def build_backbone(cfg: DictConfig, datamodule, method_cls) -> torch.nn.Module |
     (HDA projectors; an explicit ``backbone=`` override is refused), ``in_features: null`` filled
     from the data's feature width, and the images shaped to the backbone's ``input_spec``."""
     backbone_cfg = cfg.get("backbone")
-    if backbone_cfg and not getattr(method_cls, "takes_backbone", True):
+    if backbone_cfg and not method_cls.needs.backbone:
         overrides = list(cfg.get("hydra", {}).get("overrides", {}).get("task", []))
         if any(o.split("=")[0].lstrip("+~") == "backbone" for o in overrides):
             raise ValueError(f"{method_cls.__name__} builds one projector per domain from the data and takes no "
@@ -85,7 +84,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     backbone = build_backbone(cfg, datamodule, method_cls)
     num_classes = datamodule.num_classes  # builds the domains and checks their class lists
     data_kwargs = dict(getattr(datamodule, "model_kwargs", {}))
-    if "class_names" in inspect.signature(method_cls).parameters:
+    if method_cls.needs.class_names:
         data_kwargs["class_names"] = list(datamodule.classes)  # CLIP methods build prompts from them
     model = instantiate(
         cfg.method,
@@ -98,7 +97,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         norm=instantiate(cfg.norm) if cfg.get("norm") else None,
         _convert_="all",
     )
-    if getattr(model, "needs_strong_view", False):  # FixMatch-style methods read (weak, strong) target views
+    if model.needs.strong_view:  # FixMatch-style methods read (weak, strong) target views
         if not hasattr(datamodule, "strong_target_view"):
             raise ValueError(f"{type(model).__name__} needs weak and strong target views, which {type(datamodule).__name__} cannot give")
         datamodule.strong_target_view = True
@@ -191,7 +190,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
     datamodule, model, trainer = build(cfg)
-    trains = getattr(model, "trains", True)
+    trains = model.needs.trains
     if trains:
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
     else:

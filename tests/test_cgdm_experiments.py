@@ -13,10 +13,11 @@ FEW = [*QUICK, "data.iters_per_epoch=2", "data.batch_size=4", "method.num_k=1", 
 
 
 @needs_shared(SHARED_DATA / "mnist_m")
-@pytest.mark.parametrize("name", ["cgdm_digits_m2u", "cgdm_digits_u2m", "cgdm_digits_mnistm", "mcd_digits"])
-def test_digits_experiments(tmp_path, name):
+@pytest.mark.parametrize("name,task", [("cgdm_digits", "m2u"), ("cgdm_digits", "u2m"), ("cgdm_digits", "mnistm"),
+                                       ("mcd_digits", "m2u")])
+def test_digits_experiments(tmp_path, name, task):
     few = [o for o in FEW if "pseudo" not in o] if name.startswith("mcd") else FEW
-    res = train(make_cfg(tmp_path, [f"experiment={name}", f"paths.data_dir={SHARED_DATA}", *few]))
+    res = train(make_cfg(tmp_path, [f"experiment={name}", f"task={task}", f"paths.data_dir={SHARED_DATA}", *few]))
     assert res["steps"] == 2 * 4 and 0 <= res["last"]["test/target_acc"] <= 1
 
 

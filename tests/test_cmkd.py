@@ -186,7 +186,7 @@ def test_cmkd_loss_matches_an_independent_computation(tmp_path, office_subset):
     cfg = make_cfg(tmp_path, ["experiment=cmkd_base", "data=office_caltech10", f"data.root={office_subset}",
                               "method.fixmatch.enabled=true", "method.fixmatch.threshold=0.0", *SMALL, *FEW])
     dm, model, _ = build(cfg)
-    assert dm.strong_target_view and model.needs_strong_view
+    assert dm.strong_target_view and model.needs.strong_view
     model.train()
     torch.manual_seed(0)
     xs, xt, xst = torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)

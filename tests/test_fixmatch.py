@@ -35,7 +35,7 @@ def test_fixmatch_loss_mask_and_threshold():
 def test_strong_view_batches_on_digits(tmp_path):
     cfg = make_cfg(tmp_path, ["experiment=fixmatch_digits", "data=digits_bundled", *FEW])
     dm, model, _ = build(cfg)
-    assert model.needs_strong_view and dm.strong_target_view
+    assert model.needs.strong_view and dm.strong_target_view
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))[0]
     (xw, xs), idx = batch["target"]

@@ -59,14 +59,23 @@ def test_unused_option_is_refused_by_name(cls, option):
 
 
 def test_every_method_declares_what_it_ignores():
-    """The methods whose steps ignore a base option declare it (the list the issue found)."""
+    """The methods whose steps ignore an option declare it or do not take it (the list the issue found)."""
     assert {"trade_off"} <= set(methods.SourceOnly.unused_options)
-    for cls in (methods.MCD, methods.CGDM, methods.CMKD, methods.M2CAN):
-        assert {"trade_off", "classifier_init"} <= set(cls.unused_options), cls.__name__
+    for cls in (methods.MCD, methods.CGDM, methods.CMKD, methods.M2CAN, methods.ZeroShotCLIP):
+        assert not {"trade_off", "classifier_init"} & accepted(cls), cls.__name__  # one-loss options only
     assert {"lr_mult", "bottleneck"} <= set(methods.M2CAN.unused_options)
-    assert {"extra_losses", "lr_mult", "trade_off"} <= set(methods.ZeroShotCLIP.unused_options)
+    assert {"extra_losses", "lr_mult"} <= set(methods.ZeroShotCLIP.unused_options)
     for cls in (methods.DANN, methods.CDAN, methods.FixMatch):
         assert not cls.unused_options, cls.__name__
+
+
+@pytest.mark.parametrize("cls", [methods.MCD, methods.CGDM, methods.CMKD, methods.ZeroShotCLIP],
+                         ids=lambda c: c.__name__)
+@pytest.mark.parametrize("option", ["trade_off", "classifier_init", "no_such_option"])
+def test_an_option_a_method_does_not_take_is_refused_by_name(cls, option):
+    extra = {"class_names": ["a", "b"]} if cls in (methods.CMKD, methods.ZeroShotCLIP) else {}
+    with pytest.raises(ValueError, match=rf"{cls.__name__} does not use the option\(s\) \['{option}'\].*method\.{option}"):
+        cls(build_backbone("lenet"), 2, SGD, **{option: 0.5}, **extra)
 
 
 @pytest.mark.parametrize("option", methods.M2CAN.unused_options)

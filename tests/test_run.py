@@ -158,7 +158,7 @@ def test_monitor_without_source_split_is_refused(tmp_path, office_subset):
 
 def test_unknown_method_lists_available(tmp_path):
     with pytest.raises(MissingConfigException) as err:
-        make_cfg(tmp_path, ["method=dan"])
+        make_cfg(tmp_path, ["method=danish"])
     assert "dann" in str(err.value) and "cdan" in str(err.value)
 
 

@@ -162,7 +162,7 @@ QUICK_HDA = ["data.steps_per_epoch=6", "trainer.log_every_n_steps=2", "logger=cs
 @needs_shared(FEATURES)
 @pytest.mark.parametrize("method", ["ssan", "hda_net", "target_only"])
 def test_hda_methods_through_run_config(tmp_path, method):
-    cfg = make_cfg(tmp_path, ["experiment=ssan_surf_decaf_d2d", f"method={method}", f"paths.data_dir={SHARED_DATA}",
+    cfg = make_cfg(tmp_path, ["experiment=ssan_surf_decaf", "task=surf_decaf_d2d", f"method={method}", f"paths.data_dir={SHARED_DATA}",
                               "data.split=4", *QUICK_HDA])
     res = train(cfg)
     assert res["steps"] == 6 and res["task"] == "dslr_surf->dslr_decaf"
@@ -184,7 +184,7 @@ def test_stepwise_oracle_is_the_best_step_accuracy(tmp_path):
 
     from lightning_da.train import build
 
-    cfg = make_cfg(tmp_path, ["experiment=ssan_surf_decaf_d2d", "method=hda_net", f"paths.data_dir={SHARED_DATA}",
+    cfg = make_cfg(tmp_path, ["experiment=ssan_surf_decaf", "task=surf_decaf_d2d", "method=hda_net", f"paths.data_dir={SHARED_DATA}",
                               "data.steps_per_epoch=5", "logger=none", "callbacks=none", "optimizer.lr=1.0"])
     dm, model, trainer = build(cfg)
     accs = []

@@ -332,7 +332,7 @@ CGDM_CASES = {
 @pytest.mark.parametrize("case", list(CGDM_CASES))
 def test_cgdm_step_matches_replay(case):
     c = CGDM_CASES[case]
-    torch.manual_seed(0)
+    torch.manual_seed(24)  # initial weights under which the target set needs exactly `rounds` clustering rounds
     w_dis = 0.8
     model = CGDM(TinyBackbone(), NUM_CLASSES, num_k=c["num_k"], w_dis=w_dis, domain_forward=c["domain_forward"],
                  entropy_mode=c["entropy_mode"], train_bottleneck=c["train_bottleneck"],

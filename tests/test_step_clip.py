@@ -339,7 +339,7 @@ def test_zeroshot_logits_match_plain_clip(arch, templates):
     enc, clip_model, tokenizer = tiny_clip(arch)
     model = ZeroShotCLIP(enc, len(CLASSES), partial(torch.optim.SGD, lr=0.1), class_names=CLASSES,
                          prompts={"template": templates, "rename": {"back_pack": "backpack"}})
-    assert model.trains is False
+    assert model.needs.trains is False
     names = ["backpack", "alarm clock", "bike", "desk lamp"]
     tpls = [templates] if isinstance(templates, str) else templates
     text = text_embeddings(clip_model, tokenizer, [[t.format(n) for t in tpls] for n in names])

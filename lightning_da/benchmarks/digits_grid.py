@@ -4,7 +4,8 @@ own ``run.py`` process, ``--workers`` at a time with one CPU thread each.
     python -m lightning_da.benchmarks.digits_grid --out bench_out/digits [--workers 2] \
         [--methods cgdm mcd] [--tasks m2u u2m mnistm] [--seeds 0 1 2] [--data ../shared/data] [-- extra overrides]
 
-Methods on the digit tasks (m2u, u2m, mnistm): ``cgdm``, ``mcd`` (the MCD / CGDM table),
+Tasks are the files of ``conf/task`` (passed as ``task=<name>``). Methods on the digit tasks (m2u,
+u2m, mnistm): ``cgdm``, ``mcd`` (the MCD / CGDM table),
 ``cdan_e_<norm>`` for norm in bn, adabn, dsbn, transnorm, rn (the normalization table,
 ``experiment=norm_digits_cdan_e``), ``fixmatch`` and ``source_only`` (the FixMatch table). On the
 Office-Caltech10 tasks (a2w, w2a, c2d, d2c, ...: first letters of amazon, caltech, dslr, webcam):
@@ -25,25 +26,20 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-TASKS = {  # task -> overrides on top of the method's digits experiment
-    "m2u": ["data.source=mnist", "data.target=usps", "data.domain_args.channels=1"],
-    "u2m": ["data.source=usps", "data.target=mnist", "data.domain_args.channels=1"],
-    "mnistm": ["data.source=mnist", "data.target=mnist_m", "data.domain_args.channels=3"],
-}
-OFFICE = {"a": "amazon", "c": "caltech", "d": "dslr", "w": "webcam"}
-TASKS.update({f"{s}2{t}": [f"data.source={OFFICE[s]}", f"data.target={OFFICE[t]}"] for s in OFFICE for t in OFFICE if s != t})
-EXPERIMENTS = {"cgdm": ["experiment=cgdm_digits_m2u"], "mcd": ["experiment=mcd_digits"],
+ROOT = Path(__file__).resolve().parents[2]
+#: the digit and Office-Caltech10 image tasks of conf/task (``task=<name>`` on top of the method's experiment)
+TASKS = sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml") if not p.stem.startswith("surf_"))
+EXPERIMENTS = {"cgdm": ["experiment=cgdm_digits"], "mcd": ["experiment=mcd_digits"],
                **{f"cdan_e_{norm}": ["experiment=norm_digits_cdan_e", f"norm={norm}"]
                   for norm in ("bn", "adabn", "dsbn", "transnorm", "rn")},
                "fixmatch": ["experiment=fixmatch_digits"], "source_only": ["experiment=digits_source_only"],
                "oc_fixmatch": ["experiment=fixmatch_office_caltech"], "oc_source_only": ["experiment=office_caltech_source_only"],
                "oc_source_only_adabn": ["experiment=office_caltech_source_only", "norm=adabn"],
                **{f"oc_cdan_e_{norm}": ["experiment=norm_office_caltech_cdan_e", f"norm={norm}"] for norm in ("bn", "rn")}}
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def command(method: str, task: str, seed: int, run_dir: Path, data: str, extra: list[str]) -> list[str]:
-    cmd = [sys.executable, str(ROOT / "run.py"), *EXPERIMENTS[method], *TASKS[task],
+    cmd = [sys.executable, str(ROOT / "run.py"), *EXPERIMENTS[method], f"task={task}",
            f"seed={seed}", f"paths.data_dir={data}", f"hydra.run.dir={run_dir}", *extra]
     last = run_dir / "checkpoints" / "last.ckpt"
     if last.exists():
@@ -70,7 +66,7 @@ def main() -> None:
     ap.add_argument("--out", default="bench_out/digits")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--methods", nargs="+", default=["cgdm", "mcd"], choices=list(EXPERIMENTS))
-    ap.add_argument("--tasks", nargs="+", default=["m2u", "u2m", "mnistm"], choices=list(TASKS))
+    ap.add_argument("--tasks", nargs="+", default=["m2u", "u2m", "mnistm"], choices=TASKS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--data", default=os.environ.get("LIGHTNING_DA_DATA", "data"))
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run (after --)")

@@ -15,6 +15,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from lightning_da.predict import eval_mode
+
 log = logging.getLogger(__name__)
 
 
@@ -81,13 +83,11 @@ class EmbeddingVisuals(L.Callback):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        was_training = module.training
-        module.eval()
         source = dm.domains[dm.source_names[0]].train_eval
         target = dm.domains[dm.target_name].train_eval
-        fs, _, ys = self._features(module, source, dm)
-        ft, zt, yt = self._features(module, target, dm)
-        module.train(was_training)
+        with eval_mode(module):
+            fs, _, ys = self._features(module, source, dm)
+            ft, zt, yt = self._features(module, target, dm)
         emb = tsne(torch.cat([fs, ft]), self.perplexity, self.iters, self.seed)
         ns = len(fs)
         fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 5))

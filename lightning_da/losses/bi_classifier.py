@@ -14,7 +14,7 @@ from typing import Iterable
 import torch
 import torch.nn.functional as F
 
-from lightning_da.losses.entropy import entropy
+from lightning_da.losses.entropy import entropy, information_maximization
 
 ENTROPY_MODES = ("im", "conditional", "diversity")
 
@@ -38,13 +38,11 @@ def cgdm_entropy(logits: torch.Tensor, mode: str = "im", eps: float = 1e-5) -> t
     """
     if mode not in ENTROPY_MODES:
         raise ValueError(f"unknown CGDM entropy mode {mode!r}; available: {list(ENTROPY_MODES)}")
-    p_mean = F.softmax(logits, dim=1).mean(0)
     if mode == "diversity":
-        return -torch.log(p_mean + eps).mean()
-    conditional = entropy(logits, eps=eps)
+        return -torch.log(F.softmax(logits, dim=1).mean(0) + eps).mean()
     if mode == "conditional":
-        return conditional
-    return conditional + ((p_mean + eps) * torch.log(p_mean + eps)).sum()
+        return entropy(logits, eps=eps)
+    return information_maximization(logits, eps, shift_marginal=True)
 
 
 def weighted_cross_entropy(

@@ -18,12 +18,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from lightning_da.losses.entropy import entropy
-
-
-def information_maximization(logits: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
-    p_mean = F.softmax(logits, dim=1).mean(0)
-    return entropy(logits, eps=eps) + (p_mean * torch.log(p_mean + eps)).sum()
+from lightning_da.losses.entropy import entropy, information_maximization
 
 
 def batch_nuclear_norm(logits: torch.Tensor) -> torch.Tensor:

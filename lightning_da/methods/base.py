@@ -1,10 +1,20 @@
-"""The base of every method: model parts, evaluation, metrics, optimiser and schedule from config.
+"""The method contract: a thin base, the one-loss mixin, and what a method declares it needs.
 
-A method is ``backbone -> bottleneck -> classifier`` plus whatever its loss needs. Subclasses with
-one loss per batch override :meth:`DAMethod.transfer_loss` only; methods with several optimiser
-steps per batch set ``automatic_optimization = False`` and override ``training_step``.
+* :class:`DAMethod`, the base of every method: the feature path ``backbone -> bottleneck`` (the part
+  the ``norm`` choice converts), evaluation and its metrics, optimiser and schedule from config,
+  logging and GRL helpers. It builds no head: a method builds the parts it uses in its own
+  ``__init__`` after ``super().__init__()`` and says how features become the prediction in
+  :meth:`DAMethod.classify`. After the most-derived ``__init__`` returns, the base converts the
+  feature path's norm layers and checks the result (:meth:`DAMethod.finish_build`).
+* :class:`SingleStepMethod`, for methods with one loss per batch: it builds the linear classifier
+  and owns the training step; the method writes only :meth:`SingleStepMethod.transfer_loss`.
+  Methods with several optimiser steps per batch (MCD, CGDM, M2CAN) subclass :class:`DAMethod`,
+  set ``automatic_optimization = False`` and write ``training_step``.
+* :class:`Needs`, the one place a method declares what it needs from the data and the builder
+  (``lightning_da.train.build`` reads it): strong target views, class names, several sources, a
+  domain split for domain-aware norms, whether it trains, whether it takes the configured backbone.
 
-Training loss of the automatic path, on a batch ``{"source": (x_s, y_s), "target": (x_t, idx)}``
+Training loss of the one-loss path, on a batch ``{"source": (x_s, y_s), "target": (x_t, idx)}``
 forwarded as one ``[x_s; x_t]`` call inside :func:`lightning_da.norm.domain_split`:
 
     L = CE(z_s, y_s) + trade_off * L_transfer(f, z) + sum_k w_k * L_k(z_t)
@@ -13,11 +23,14 @@ where ``L_k`` are the configured extra terms (``extra_losses={entropy: 0.1}``).
 
 Evaluation: validation and test loaders come from ``datamodule.eval_names`` (``target`` first,
 then held-out source splits); each logs ``{stage}/{name}_acc`` (overall accuracy) and
-``{stage}/{name}_acc_mean_class`` (mean per-class recall, the VisDA metric).
+``{stage}/{name}_acc_mean_class`` (mean per-class recall, the VisDA metric). Norm-specific work
+around training (RN's gate clamp, AdaBN's re-estimation) is the norm group's
+(:func:`lightning_da.norm.norm_callbacks`, returned by :meth:`DAMethod.configure_callbacks`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 from typing import Any, Callable
 
@@ -31,61 +44,76 @@ from lightning_da.data.batches import cat_inputs, input_len
 from lightning_da.losses import ExtraLoss
 from lightning_da.models.grl import GradientReversal
 from lightning_da.models.heads import Bottleneck, Classifier
-from lightning_da.norm import (DomainSplitError, ReciprocalNorm, adabn_layers, adapt_batchnorm, clamp_norm_gates,
-                               domain_aware_layers, domain_split)
+from lightning_da.norm import DomainSplitError, domain_aware_layers, domain_split, norm_callbacks
 from lightning_da.optim import param_groups
 
 
-class DAMethod(L.LightningModule):
+@dataclasses.dataclass(frozen=True)
+class Needs:
+    """What a method needs, declared once as the class attribute ``needs`` (an option that changes
+    it sets ``self.needs = dataclasses.replace(self.needs, ...)`` in ``__init__``)."""
+
+    #: takes the configured backbone (False: builds its own parts from the data, e.g. HDA projectors)
+    backbone: bool = True
+    #: the constructor takes ``class_names`` from the data (CLIP prompts)
+    class_names: bool = False
+    #: reads ``batch["sources"]``, one batch per source domain
+    multi_source: bool = False
+    #: target batches come as ``((x_weak, x_strong), idx)``
+    strong_view: bool = False
+    #: forwards ``[source; target]`` in one call and declares the split (domain-aware norms need it)
+    domain_split: bool = True
+    #: False: nothing is trained, the model is evaluated as built
+    trains: bool = True
+
+
+class _FinishAfterInit(type):
+    """Metaclass of :class:`DAMethod`: runs ``finish_build()`` once the most-derived ``__init__`` returns."""
+
+    def __call__(cls, *args, **kwargs):
+        module = super().__call__(*args, **kwargs)
+        module.finish_build()
+        return module
+
+
+class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
     """Shared base. Args:
 
     backbone: an ``nn.Module`` with ``out_features`` (``models.build_backbone``).
     num_classes: number of classes (from the DataModule).
     optimizer: a partial optimiser (``_partial_: true``) taking parameter groups.
     scheduler: a partial LR scheduler taking the optimiser (and ``total_steps`` if it asks for it).
-    norm: a callable converting the built network's norm layers (``norm`` group); None keeps BN.
+    norm: a callable converting the feature path's norm layers (``norm`` group); None keeps BN.
     bottleneck: keyword arguments of :class:`~lightning_da.models.heads.Bottleneck` (``dim: 0`` = none).
-    classifier_init: initialisation of the classifier (``default``, ``xavier``, ``normal``; None = default).
     lr_mult: learning-rate multiplier per top-level module name (``backbone``, ``bottleneck``, ...).
     extra_losses: extra terms on the target logits, ``{name: weight}`` (see ``losses.regularizers``).
-    trade_off: weight of the method's transfer loss (None = 1).
-
-    A method lists the options of these it ignores in ``unused_options``; passing one raises.
     channels_last: keep the model and image batches in ``channels_last`` memory format (GPU convnets;
         None = false).
     compile: ``torch.compile`` the backbone in place when fitting starts (``nn.Module.compile``;
         checkpoints keep their usual keys; None = false).
+
+    Any other keyword is refused by name. A method lists the options of these it ignores in
+    ``unused_options``; passing one raises too.
     """
 
-    #: the method forwards ``[source; target]`` in one call and declares the split to the norm layers
-    splits_domains: bool = True
-    #: the method's training step reads ``batch["sources"]`` (several source domains)
-    supports_multi_source: bool = False
+    needs: Needs = Needs()
     #: constructor arguments that are objects, not hyper-parameters (kept out of checkpoints)
     hparams_ignore: tuple[str, ...] = ()
-    #: base options this method has no use for (``bottleneck``, ``classifier_init``, ``lr_mult``,
-    #: ``extra_losses``, ``trade_off``, ``channels_last``, ``compile``): giving one is an error that
-    #: names it, never a silent no-op.
+    #: options of the base or of :class:`SingleStepMethod` this method has no use for (``bottleneck``,
+    #: ``lr_mult``, ``extra_losses``, ``channels_last``, ``compile``, ``trade_off``, ``classifier_init``):
+    #: giving one is an error that names it, never a silent no-op.
     #: Without ``bottleneck`` the features are the backbone's own (an identity bottleneck).
     unused_options: tuple[str, ...] = ()
 
     def __init__(self, backbone: nn.Module, num_classes: int, optimizer: Callable, scheduler: Callable | None = None,
                  norm: Callable[[nn.Module], nn.Module] | None = None, bottleneck: dict | None = None,
-                 classifier_init: str | None = None, lr_mult: dict | None = None, extra_losses: dict | None = None,
-                 trade_off: float | None = None, channels_last: bool | None = None, compile: bool | None = None):
-        given = {"bottleneck": bottleneck, "classifier_init": classifier_init, "lr_mult": lr_mult,
-                 "extra_losses": extra_losses, "trade_off": trade_off, "channels_last": channels_last, "compile": compile}
-        # switches count as given when on (false is the no-op value); the others when set at all
-        refused = [name for name in self.unused_options
-                   if (given[name] if name in ("channels_last", "compile") else given[name] is not None)]
-        if refused:
-            raise ValueError(f"{type(self).__name__} does not use the option(s) {refused}: remove "
-                             f"{', '.join('method.' + n for n in refused)} from the method config")
+                 lr_mult: dict | None = None, extra_losses: dict | None = None, channels_last: bool | None = None,
+                 compile: bool | None = None, **unknown):
+        self.refuse_unused({"bottleneck": bottleneck, "lr_mult": lr_mult, "extra_losses": extra_losses,
+                            "channels_last": channels_last, "compile": compile}, unknown)
         if "bottleneck" in self.unused_options:
             bottleneck = {"dim": 0}
-        classifier_init = classifier_init or "default"
-        trade_off = 1.0 if trade_off is None else trade_off
-        channels_last, compile = bool(channels_last), bool(compile)
+        channels_last, compile = bool(channels_last), bool(compile)  # saved as the switches' values
         super().__init__()
         # unused options stay out of the checkpoint's hyper-parameters, so load_from_checkpoint does not pass them
         unused = [n for n in self.unused_options if n not in ("channels_last", "compile")]
@@ -93,28 +121,42 @@ class DAMethod(L.LightningModule):
                                   logger=False)
         self.backbone = backbone
         self.bottleneck = Bottleneck(backbone.out_features, **(bottleneck or {}))
-        self.classifier = Classifier(self.bottleneck.out_features, num_classes, init=classifier_init)
-        self.build_heads()
-        if norm is not None:
-            for name in self.norm_modules():
-                setattr(self, name, norm(getattr(self, name)))
-        if domain_aware_layers(self) and not self.splits_domains:
-            raise DomainSplitError(f"{type(self).__name__} cannot split its batches by domain, so it cannot use a "
-                                   "domain-aware norm (dsbn/transnorm/rn); use norm=bn or adabn")
+        self.num_classes = num_classes
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.lr_mult = dict(lr_mult or {})
         self.extra = ExtraLoss(extra_losses)
-        self.trade_off = trade_off
         self.eval_metrics = nn.ModuleDict()
-        self.num_classes = num_classes
+        self._norm = norm
+
+    def refuse_unused(self, given: dict[str, Any], unknown: dict[str, Any] | None = None) -> None:
+        """Raise, naming them, for the ``unknown`` options and those of ``given`` that the method lists
+        in ``unused_options`` (switches count as given when on, the others when set at all)."""
+        refused = sorted(unknown or {}) + [
+            name for name, value in given.items()
+            if name in self.unused_options and (value if name in ("channels_last", "compile") else value is not None)]
+        if refused:
+            raise ValueError(f"{type(self).__name__} does not use the option(s) {refused}: remove "
+                             f"{', '.join('method.' + n for n in refused)} from the method config")
+
+    def finish_build(self) -> None:
+        """After every part is built: convert the feature path's norm layers (``norm``), then refuse
+        a domain-aware norm when the method cannot split its batches by domain."""
+        norm, self._norm = self._norm, None
+        if norm is not None:
+            for name in self.norm_modules():
+                setattr(self, name, norm(getattr(self, name)))
+        if domain_aware_layers(self) and not self.needs.domain_split:
+            raise DomainSplitError(self.domain_split_refusal())
+
+    def domain_split_refusal(self) -> str:
+        """The error for a domain-aware norm on a method that cannot give the domain split."""
+        return (f"{type(self).__name__} cannot split its batches by domain, so it cannot use a domain-aware norm "
+                "(dsbn/transnorm/rn); use norm=bn or adabn")
 
     # ------------------------------------------------------------------ model
-    def build_heads(self) -> None:
-        """Subclasses add their discriminators / extra heads here (norm conversion runs after)."""
-
     def norm_modules(self) -> list[str]:
         """Names of the modules whose BatchNorm layers the ``norm`` choice replaces: the feature path
-        that :meth:`forward_domains` runs inside the domain split (not discriminators)."""
+        that :meth:`features_domains` runs inside the domain split (not heads or discriminators)."""
         return ["backbone", "bottleneck"]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -122,13 +164,17 @@ class DAMethod(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.bottleneck(self.backbone(x))
 
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The evaluation logits of ``features`` (every method says how it predicts)."""
+        raise NotImplementedError(f"{type(self).__name__} must define classify(features) -> logits")
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        return self.classify(self.features(x))
 
     def predict_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Features and the evaluation logits of ``x`` in one pass (validators, visuals)."""
+        """Features and the evaluation logits of ``x`` in one pass (validators, visuals, pseudo labels)."""
         f = self.features(x)
-        return f, self.classifier(f)
+        return f, self.classify(f)
 
     def features_domains(self, *xs: torch.Tensor) -> torch.Tensor:
         """Features of ``cat(xs)`` (source first, target last) in one call, telling domain-aware
@@ -140,31 +186,13 @@ class DAMethod(L.LightningModule):
     def forward_domains(self, *xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features and logits of ``cat(xs)``, forwarded as :meth:`features_domains`."""
         f = self.features_domains(*xs)
-        return f, self.classifier(f)
+        return f, self.classify(f)
+
+    def configure_callbacks(self):
+        """The norm group's callbacks for this model's layers (RN gate clamp, AdaBN); methods add theirs."""
+        return norm_callbacks(self)
 
     # ------------------------------------------------------------------ training
-    def transfer_loss(self, features: torch.Tensor, logits: torch.Tensor, n_source: int) -> tuple[torch.Tensor, dict]:
-        """The method's adaptation loss on ``[source; target]`` features and logits (and extra logs)."""
-        raise NotImplementedError
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        (xs, ys), (xt, _) = batch["source"], batch["target"]
-        f, z = self.forward_domains(xs, xt)
-        ns = input_len(xs)
-        loss_cls = F.cross_entropy(z[:ns], ys)
-        loss_transfer, logs = self.transfer_loss(f, z, ns)
-        loss = loss_cls + self.trade_off * loss_transfer
-        if self.extra:
-            loss_extra, terms = self.extra(z[ns:])
-            loss = loss + loss_extra
-            logs.update({f"train/loss_{k}": v for k, v in terms.items()})
-        if self.logging_step():
-            with torch.no_grad():
-                source_acc = (z[:ns].argmax(1) == ys).float().mean()
-            self.log_train({"train/loss": loss, "train/loss_cls": loss_cls, "train/loss_transfer": loss_transfer,
-                            "train/source_acc": source_acc, **logs})
-        return loss
-
     def logging_step(self) -> bool:
         """True on the steps whose training scalars reach the loggers (every ``log_every_n_steps``).
 
@@ -215,35 +243,16 @@ class DAMethod(L.LightningModule):
     def _hook_optimizer_steps(self) -> None:
         """Run :meth:`after_optimizer_step` after every optimiser step, automatic or manual: one
         post-step hook per optimiser (registered once, so resumed or repeated fits do not stack them)."""
-        self._has_gates = any(isinstance(m, ReciprocalNorm) for m in self.modules())
         for opt in self.trainer.optimizers:
             if not getattr(opt, "_da_post_step_hook", False):
                 opt.register_step_post_hook(lambda *_: self.after_optimizer_step())
                 opt._da_post_step_hook = True
 
     def after_optimizer_step(self) -> None:
-        """Constraints re-imposed after each optimiser step (before the scheduler steps): RN's gates
-        are clamped to [0.5, 1]. Methods with more (CMKD's RST reset) extend this."""
-        if self._has_gates:
-            clamp_norm_gates(self)
+        """Constraints a method re-imposes after each optimiser step, before the scheduler steps
+        (CMKD's RST reset). RN's gate clamp is the norm group's and runs first."""
 
     # ------------------------------------------------------------------ evaluation
-    def on_validation_epoch_start(self) -> None:
-        self._adapt_batchnorm()
-
-    def on_test_epoch_start(self) -> None:
-        self._adapt_batchnorm()
-
-    def _adapt_batchnorm(self) -> None:
-        """``norm=adabn``: before each evaluation, re-estimate the BatchNorm statistics on the whole
-        target train set (test-time transform, every rank the same data, so ranks agree)."""
-        layers = adabn_layers(self)
-        if not layers or self.trainer.sanity_checking:
-            return
-        dm = self.trainer.datamodule
-        batches = (x.to(self.device) for x, _ in dm.target_pass_loader(eval_transform=True))
-        adapt_batchnorm(self, self.features, batches, layers)
-
     def _eval_names(self) -> list[str]:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         return dm.eval_names if dm is not None and hasattr(dm, "eval_names") else ["target"]
@@ -252,7 +261,7 @@ class DAMethod(L.LightningModule):
         """Memory format, compilation, and metrics per stage and evaluation loader (before DDP wraps
         the module)."""
         dm = getattr(self.trainer, "datamodule", None)
-        if (stage == "fit" and getattr(dm, "multi_source", False) and not self.supports_multi_source
+        if (stage == "fit" and getattr(dm, "multi_source", False) and not self.needs.multi_source
                 and not getattr(dm, "combine_sources", False)):
             raise ValueError(f"{type(self).__name__} trains on one source domain, but data.source lists "
                              f"{dm.source_names}; give one source, or data.combine_sources=true to train on "
@@ -307,3 +316,54 @@ class DAMethod(L.LightningModule):
         if "total_steps" in inspect.signature(self.scheduler_factory).parameters and "total_steps" not in self.scheduler_factory.keywords:
             kwargs["total_steps"] = self.total_steps("the learning-rate schedule")
         return self.scheduler_factory(optimizer, **kwargs)
+
+
+class SingleStepMethod(DAMethod):
+    """A method with one loss per batch: a linear classifier on the features, and
+    ``L = CE(z_s, y_s) + trade_off * transfer_loss + extra_losses`` in one optimiser step. Args
+    (besides :class:`DAMethod`'s):
+
+    trade_off: weight of the method's transfer loss (None = 1).
+    classifier_init: initialisation of the classifier (``default``, ``xavier``, ``normal``; None = default).
+
+    A subclass builds its own parts in ``__init__`` after ``super().__init__()`` and writes only
+    :meth:`transfer_loss`; it may override :meth:`forward_domains` (what one step forwards) or
+    ``training_step`` (to prepare inputs, then call ``super().training_step``). A subclass whose
+    classifier is not one linear layer sets ``linear_classifier = False``, builds ``self.classifier``
+    itself and lists ``classifier_init`` in ``unused_options``.
+    """
+
+    #: build the linear classifier ``Linear(features, num_classes)`` (False: the subclass builds its own)
+    linear_classifier: bool = True
+
+    def __init__(self, *args, trade_off: float | None = None, classifier_init: str | None = None, **kwargs):
+        self.refuse_unused({"trade_off": trade_off, "classifier_init": classifier_init})
+        super().__init__(*args, **kwargs)
+        if self.linear_classifier:
+            self.classifier = Classifier(self.bottleneck.out_features, self.num_classes, init=classifier_init or "default")
+        self.trade_off = 1.0 if trade_off is None else trade_off
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
+
+    def transfer_loss(self, features: torch.Tensor, logits: torch.Tensor, n_source: int) -> tuple[torch.Tensor, dict]:
+        """The method's adaptation loss on ``[source; target]`` features and logits (and extra logs)."""
+        raise NotImplementedError
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        (xs, ys), (xt, _) = batch["source"], batch["target"]
+        f, z = self.forward_domains(xs, xt)
+        ns = input_len(xs)
+        loss_cls = F.cross_entropy(z[:ns], ys)
+        loss_transfer, logs = self.transfer_loss(f, z, ns)
+        loss = loss_cls + self.trade_off * loss_transfer
+        if self.extra:
+            loss_extra, terms = self.extra(z[ns:])
+            loss = loss + loss_extra
+            logs.update({f"train/loss_{k}": v for k, v in terms.items()})
+        if self.logging_step():
+            with torch.no_grad():
+                source_acc = (z[:ns].argmax(1) == ys).float().mean()
+            self.log_train({"train/loss": loss, "train/loss_cls": loss_cls, "train/loss_transfer": loss_transfer,
+                            "train/source_acc": source_acc, **logs})
+        return loss

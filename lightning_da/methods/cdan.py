@@ -26,25 +26,22 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.losses import cdan_loss, entropy_weights, multilinear_map
-from lightning_da.methods.base import DAMethod
+from lightning_da.methods.base import SingleStepMethod
 from lightning_da.models.heads import DomainDiscriminator
 
 
-class CDAN(DAMethod):
+class CDAN(SingleStepMethod):
     def __init__(self, *args, discriminator: dict | None = None, grl: dict | None = None,
                  entropy_conditioning: bool = True, randomized: bool = False, randomized_dim: int = 1024, **kwargs):
-        self._disc_cfg, self._grl_cfg = dict(discriminator or {}), dict(grl or {})
-        self._randomized, self._randomized_dim = randomized, randomized_dim
         super().__init__(*args, **kwargs)
+        d, c = self.bottleneck.out_features, self.num_classes
+        self._randomized, self._randomized_dim = randomized, randomized_dim
+        self.grl = self.make_grl(**(grl or {}))
+        if randomized:
+            self.register_buffer("random_f", torch.randn(d, randomized_dim))
+            self.register_buffer("random_g", torch.randn(c, randomized_dim))
+        self.discriminator = DomainDiscriminator(randomized_dim if randomized else d * c, **(discriminator or {}))
         self.entropy_conditioning = entropy_conditioning
-
-    def build_heads(self) -> None:
-        d, c = self.bottleneck.out_features, self.classifier.out_features
-        self.grl = self.make_grl(**self._grl_cfg)
-        if self._randomized:
-            self.register_buffer("random_f", torch.randn(d, self._randomized_dim))
-            self.register_buffer("random_g", torch.randn(c, self._randomized_dim))
-        self.discriminator = DomainDiscriminator(self._randomized_dim if self._randomized else d * c, **self._disc_cfg)
 
     def conditioning(self, features: torch.Tensor, probs: torch.Tensor) -> torch.Tensor:
         if self._randomized:

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 
 from lightning_da.losses.bi_classifier import cgdm_entropy, gradient_discrepancy, weighted_cross_entropy
 from lightning_da.methods.mcd import MCD
+from lightning_da.predict import eval_mode
 from lightning_da.pseudo_labels import PseudoLabelStore, cluster_pseudo_labels, predict_dataset, target_indices
 
 
@@ -111,18 +112,15 @@ class CGDM(MCD):
         if interval and batch_idx > 0 and batch_idx % interval == 0 and self.current_epoch >= self.pseudo_cfg["start_epoch"]:
             self.refresh_pseudo_labels()
 
-    @torch.no_grad()
     def refresh_pseudo_labels(self) -> None:
         """Cluster the whole target train set and store one label per sample."""
         loader = self.trainer.datamodule.target_pass_loader(self.pseudo_cfg["eval_transform"], self.pseudo_cfg["batch_size"])
-        was_training = self.training
-        self.eval()
 
         def forward(x):
-            f = self.features(x)
-            return f, F.softmax(self.classifier(f) + self.classifier2(f), dim=1)
+            f, z = self.predict_features(x)
+            return f, F.softmax(z, dim=1)
 
-        feats, probs, idx = predict_dataset(forward, loader, self.device, indexed=True)
+        with eval_mode(self):
+            feats, probs, idx = predict_dataset(forward, loader, self.device, indexed=True)
         self.pseudo_labels.update(idx, cluster_pseudo_labels(feats, probs, rounds=self.pseudo_cfg["rounds"]))
         self._pseudo_ready = True
-        self.train(was_training)

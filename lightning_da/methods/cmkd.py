@@ -34,43 +34,46 @@ end of training. Optimiser: SGD nesterov, the encoder at ``lr`` and the head at 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 import torch
 import torch.nn.functional as F
 
 from lightning_da.losses import agreement_weight, fixmatch_loss, gini_impurity, sigmoid_ramp
-from lightning_da.methods.base import DAMethod
+from lightning_da.methods.base import DAMethod, Needs
 from lightning_da.models.clip import CMKDHead, zero_shot_head
 from lightning_da.models.rst import ResidualSparseTraining, save_sparse_checkpoint
 
 
 class CMKD(DAMethod):
-    #: the encoder runs on [source; target] with frozen BN; domain-aware norms do not apply
-    splits_domains = False
-    #: the heads sit on the encoder's own features; every term has its own lambda
-    unused_options = ("trade_off", "classifier_init", "bottleneck")
+    #: prompts from the data's class names; the encoder runs on [source; target] with frozen BN, so
+    #: domain-aware norms do not apply; ``fixmatch.enabled`` asks for strong target views
+    needs = Needs(class_names=True, domain_split=False)
+    #: the heads sit on the encoder's own features
+    unused_options = ("bottleneck",)
 
     def __init__(self, *args, class_names: list[str], prompts: dict | None = None, lambda1: float = 0.25,
                  lambda2: float = 0.1, lambda3: float = 0.025, label_smoothing: float = 0.1, lamb_gamma: float = 1.0,
                  lamb_max_iter: int = 10000, gini: str = "code", alpha_direction: str = "code", baseline: bool = False,
                  fixmatch: dict | None = None, rst: dict | None = None, **kwargs):
-        self._class_names, self._prompts = list(class_names), dict(prompts or {})
         super().__init__(*args, **kwargs)
+        self._class_names = list(class_names)
+        self.classifier = CMKDHead(self.bottleneck.out_features, len(self._class_names))
+        self.zero_shot = zero_shot_head(self.backbone, self._class_names, dict(prompts or {}))
         if baseline and self.extra:
             raise ValueError("cmkd: baseline=true trains with the source CE only, so extra_losses would be ignored; "
                              "drop method.extra_losses or set method.baseline=false")
         self.fixmatch = {"enabled": False, "threshold": 0.95, "factor": 0.5, **(fixmatch or {})}
-        self.needs_strong_view = bool(self.fixmatch["enabled"])
+        self.needs = dataclasses.replace(self.needs, strong_view=bool(self.fixmatch["enabled"]))
         rst = {"enabled": False, "tau": 1e-6, **(rst or {})}
         self.rst = ResidualSparseTraining(self.backbone, rst["tau"]) if rst["enabled"] else None
         for name, value in (("gini", gini), ("alpha_direction", alpha_direction)):
             if value not in ("code", "paper"):
                 raise ValueError(f"cmkd {name} must be 'code' (the CMKD code) or 'paper' (the manuscript), not {value!r}")
 
-    def build_heads(self) -> None:
-        self.classifier = CMKDHead(self.bottleneck.out_features, len(self._class_names))
-        self.zero_shot = zero_shot_head(self.backbone, self._class_names, self._prompts)
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
 
     def lamb(self) -> float:
         return sigmoid_ramp(self.global_step, self.hparams.lamb_gamma, self.hparams.lamb_max_iter)

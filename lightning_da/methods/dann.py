@@ -13,18 +13,15 @@ warm-start GRL instead.
 from __future__ import annotations
 
 from lightning_da.losses import dann_loss
-from lightning_da.methods.base import DAMethod
+from lightning_da.methods.base import SingleStepMethod
 from lightning_da.models.heads import DomainDiscriminator
 
 
-class DANN(DAMethod):
+class DANN(SingleStepMethod):
     def __init__(self, *args, discriminator: dict | None = None, grl: dict | None = None, **kwargs):
-        self._disc_cfg, self._grl_cfg = dict(discriminator or {}), dict(grl or {})
         super().__init__(*args, **kwargs)
-
-    def build_heads(self) -> None:
-        self.grl = self.make_grl(**self._grl_cfg)
-        self.discriminator = DomainDiscriminator(self.bottleneck.out_features, **self._disc_cfg)
+        self.grl = self.make_grl(**(grl or {}))
+        self.discriminator = DomainDiscriminator(self.bottleneck.out_features, **(discriminator or {}))
 
     def transfer_loss(self, features, logits, n_source):
         coeff = self.grl.coeff  # before the GRL call, which may step a warm-start schedule

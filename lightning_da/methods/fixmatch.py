@@ -18,11 +18,11 @@ from __future__ import annotations
 import torch
 
 from lightning_da.losses import fixmatch_loss
-from lightning_da.methods.base import DAMethod
+from lightning_da.methods.base import Needs, SingleStepMethod
 
 
-class FixMatch(DAMethod):
-    needs_strong_view = True
+class FixMatch(SingleStepMethod):
+    needs = Needs(strong_view=True)
 
     def __init__(self, *args, threshold: float = 0.9, strict: bool = True, **kwargs):
         super().__init__(*args, **kwargs)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.callbacks import StepwiseTargetAccuracy
-from lightning_da.methods.base import DAMethod
+from lightning_da.methods.base import DAMethod, Needs
 from lightning_da.models.projectors import DomainProjectors, HDAClassifier
 
 
@@ -41,9 +41,9 @@ class HDANet(DAMethod):
     stepwise_oracle: track the unlabelled-target accuracy of every step (oracle best-over-training).
     """
 
-    splits_domains = False
-    #: the per-domain projectors are built from the data's input widths (no backbone config)
-    takes_backbone = False
+    #: the per-domain projectors are built from the data's input widths (no backbone config); each
+    #: projector sees one domain, so there is no joint batch to split
+    needs = Needs(backbone=False, domain_split=False)
     unused_options = ("bottleneck",)  # the projectors end in the common space
 
     def __init__(self, input_dims: dict[str, int], num_classes: int, optimizer: Callable, scheduler: Callable | None = None,
@@ -53,20 +53,16 @@ class HDANet(DAMethod):
         if backbone is not None:
             raise ValueError(f"{type(self).__name__} builds one projector per domain from the data's input dims; "
                              "it takes no backbone (experiments: backbone: null; command line: drop backbone=...)")
-        self._head_cfg = dict(logit_leaky_relu=logit_leaky_relu, init_std=init_std)
         projectors = DomainProjectors(dict(input_dims), d_common, layer, normalize_features, init_std)
         super().__init__(projectors, num_classes, optimizer, scheduler, norm=norm, lr_mult=lr_mult)
+        self.classifier = HDAClassifier(self.backbone.out_features, num_classes, logit_leaky_relu, init_std)
         self.input_dims = dict(input_dims)
 
-    def build_heads(self) -> None:
-        self.classifier = HDAClassifier(self.backbone.out_features, self.num_classes_, **self._head_cfg)
-
-    @property
-    def num_classes_(self) -> int:
-        return self.hparams.num_classes
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features)
 
     def configure_callbacks(self):
-        return [StepwiseTargetAccuracy()] if self.hparams.stepwise_oracle else []
+        return [*super().configure_callbacks(), *([StepwiseTargetAccuracy()] if self.hparams.stepwise_oracle else [])]
 
     # ------------------------------------------------------------------ training
     def forward_hda(self, batch: dict) -> dict[str, torch.Tensor]:

@@ -50,10 +50,11 @@ from lightning_da.data.batches import cat_inputs, input_len
 from lightning_da.losses import multilinear_map
 from lightning_da.losses.multimodal import cdcfa_loss, cmcfa_loss, soft_label_domain_loss, uacr_rate, uacr_select
 from lightning_da.losses.regularizers import minimum_class_confusion
-from lightning_da.methods.base import DAMethod
+from lightning_da.methods.base import DAMethod, Needs
 from lightning_da.models.grl import GradientReversal
-from lightning_da.models.multimodal import ModalityHead, MultiHeadClassifier, PairDiscriminator, TwoBranchNet, move_inputs
+from lightning_da.models.multimodal import ModalityHead, MultiHeadClassifier, PairDiscriminator, TwoBranchNet
 from lightning_da.optim import SAMPerturbation
+from lightning_da.predict import eval_mode, predict_dataset
 from lightning_da.pseudo_labels import PseudoLabelStore
 
 DEFAULT_LR = {"backbone": 2e-5, "extractor": 2e-5, "mlb": 5e-4, "heads": 5e-4, "disc_sources": 2e-4, "disc_target": 3e-4}
@@ -61,12 +62,12 @@ DEFAULT_LR = {"backbone": 2e-5, "extractor": 2e-5, "mlb": 5e-4, "heads": 5e-4, "
 
 class M2CAN(DAMethod):
     automatic_optimization = False
-    supports_multi_source = True
-    splits_domains = False
-    #: the fused features feed the heads directly; every term has its own weight; learning rates come
-    #: from ``lr`` per part; inputs are dicts (no memory format) and the branches are not run through
-    #: the backbone's forward (nothing for ``compile`` to compile)
-    unused_options = ("trade_off", "classifier_init", "bottleneck", "lr_mult", "channels_last", "compile")
+    #: one batch per source domain; the domains go through the branches in one call without a split
+    needs = Needs(multi_source=True, domain_split=False)
+    #: the fused features feed the heads directly; learning rates come from ``lr`` per part; inputs
+    #: are dicts (no memory format) and the branches are not run through the backbone's forward
+    #: (nothing for ``compile`` to compile)
+    unused_options = ("bottleneck", "lr_mult", "channels_last", "compile")
 
     def __init__(self, backbone: TwoBranchNet, num_classes: int, optimizer, scheduler=None, norm=None,
                  n_heads: int = 2, n_sources: int | None = None, lr: dict | None = None, sam_rho: float = 0.05,
@@ -79,8 +80,11 @@ class M2CAN(DAMethod):
         unknown = sorted(set(lr or {}) - set(DEFAULT_LR))
         if unknown:
             raise ValueError(f"M2CAN lr names unknown modules {unknown}; it has {sorted(DEFAULT_LR)}")
-        self._n_heads, self._grl_cfg = n_heads, {"alpha": 1.0, "max_iters": 1000, **(grl or {})}
         super().__init__(backbone, num_classes, optimizer, scheduler, norm, **kwargs)
+        self._n_heads, self._grl_cfg = n_heads, {"alpha": 1.0, "max_iters": 1000, **(grl or {})}
+        dim = backbone.extractor_t.linear.out_features
+        self.classifier = MultiHeadClassifier(backbone.out_features, num_classes, n_heads)
+        self.text_head, self.image_head = ModalityHead(dim, num_classes), ModalityHead(dim, num_classes)
         self.lrs = {**DEFAULT_LR, **(lr or {})}
         self.pseudo_cfg = {"start_rate": 0.3, "update_rate": 0.3, **(pseudo or {})}
         self.n_sources = None
@@ -89,26 +93,17 @@ class M2CAN(DAMethod):
         self.store: PseudoLabelStore | None = None
 
     # ------------------------------------------------------------------ model
-    def build_heads(self) -> None:
-        c, dim = self.classifier.out_features, self.backbone.extractor_t.linear.out_features
-        self.classifier = MultiHeadClassifier(self.backbone.out_features, c, self._n_heads)
-        self.text_head, self.image_head = ModalityHead(dim, c), ModalityHead(dim, c)
-
     def build_discriminators(self, n_sources: int) -> None:
         """One discriminator and GRL per pair of the ``n_sources + 1`` domains (target last)."""
         self.n_sources = n_sources
         self.pairs = list(itertools.combinations(range(n_sources + 1), 2))
-        d_in = self.backbone.out_features * self.classifier.out_features
+        d_in = self.backbone.out_features * self.num_classes
         self.discriminators = nn.ModuleList(PairDiscriminator(d_in) for _ in self.pairs)
         self.grls = nn.ModuleList(GradientReversal(auto_step=True, **self._grl_cfg) for _ in self.pairs)
 
-    def forward(self, x) -> torch.Tensor:
-        return self.predict_features(x)[1]
-
-    def predict_features(self, x) -> tuple[torch.Tensor, torch.Tensor]:
-        """The fused weak-view features ``X`` and the prediction, the mean of the heads' logits."""
-        f = self.features(x)
-        return f, self.classifier(f).mean(1)
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        """The prediction from the fused weak-view features ``X``: the mean of the heads' logits."""
+        return self.classifier(features).mean(1)
 
     def setup(self, stage: str) -> None:
         dm = self.trainer.datamodule
@@ -205,17 +200,11 @@ class M2CAN(DAMethod):
             self.log_train({"train/loss": loss2.detach(), **logs, "train/loss_transfer": logs2["train/loss_transfer"],
                             "train/grl_coeff": self.grls[0].coeff, "train/target_in_batch": float(len(ids) > self.n_sources)})
 
-    @torch.no_grad()
     def target_head_logits(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(N, H, C)`` head logits of every target train sample (weak view, eval mode) and their indices."""
-        was_training = self.training
-        self.eval()
-        zs, idxs = [], []
-        for x, idx in self.trainer.datamodule.target_pass_loader(eval_transform=True):
-            zs.append(self.classifier(self.backbone(move_inputs(x, self.device))))
-            idxs.append(torch.as_tensor(idx, device=self.device))
-        self.train(was_training)
-        return torch.cat(zs), torch.cat(idxs)
+        loader = self.trainer.datamodule.target_pass_loader(eval_transform=True)
+        with eval_mode(self):
+            return predict_dataset(lambda x: (self.classifier(self.backbone(x)),), loader, self.device, indexed=True)
 
     def on_train_start(self) -> None:
         super().on_train_start()

@@ -26,13 +26,14 @@ added to step A on both heads' target logits.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 
 from lightning_da.losses.bi_classifier import classifier_discrepancy
 from lightning_da.methods.base import DAMethod
 from lightning_da.models.heads import MLPClassifier
-from lightning_da.norm import DomainSplitError
 from lightning_da.pseudo_labels import target_indices
 from lightning_da.optim import NORM_GATES, param_groups
 
@@ -40,36 +41,26 @@ from lightning_da.optim import NORM_GATES, param_groups
 class MCD(DAMethod):
     automatic_optimization = False
     hparams_ignore = ("generator_optimizer",)
-    #: the discrepancy is weighed by ``w_dis``; the heads are initialised by ``head.init``
-    unused_options = ("trade_off", "classifier_init")
 
     def __init__(self, *args, num_k: int = 4, w_dis: float = 1.0, head: dict | None = None,
                  generator_optimizer=None, domain_forward: str = "joint", **kwargs):
         if domain_forward not in ("joint", "separate"):
             raise ValueError(f"domain_forward must be 'joint' or 'separate', got {domain_forward!r}")
-        self._head_cfg = dict(head or {})
-        self.splits_domains = domain_forward == "joint"
-        try:
-            super().__init__(*args, **kwargs)
-        except DomainSplitError as e:
-            raise DomainSplitError(f"{type(self).__name__} with domain_forward=separate already normalises each "
-                                   "domain on its own and cannot use a domain-aware norm (dsbn/transnorm/rn); "
-                                   "use domain_forward=joint or norm=bn") from e
+        super().__init__(*args, **kwargs)
+        d, c = self.bottleneck.out_features, self.num_classes
+        self.classifier = MLPClassifier(d, c, **(head or {}))
+        self.classifier2 = MLPClassifier(d, c, **(head or {}))
+        self.needs = dataclasses.replace(self.needs, domain_split=domain_forward == "joint")
         self.domain_forward = domain_forward
         self.num_k, self.w_dis = num_k, w_dis
         self.generator_optimizer_factory = generator_optimizer
 
-    def build_heads(self) -> None:
-        d, c = self.bottleneck.out_features, self.classifier.out_features
-        self.classifier = MLPClassifier(d, c, **self._head_cfg)
-        self.classifier2 = MLPClassifier(d, c, **self._head_cfg)
+    def domain_split_refusal(self) -> str:
+        return (f"{type(self).__name__} with domain_forward=separate already normalises each domain on its own and "
+                "cannot use a domain-aware norm (dsbn/transnorm/rn); use domain_forward=joint or norm=bn")
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.predict_features(x)[1]
-
-    def predict_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.features(x)
-        return f, self.classifier(f) + self.classifier2(f)
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(features) + self.classifier2(features)
 
     # ------------------------------------------------------------------ the three steps
     def step_domains(self, step: str) -> tuple[bool, bool]:

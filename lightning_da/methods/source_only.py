@@ -8,16 +8,19 @@ domain-aware norm be used.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from lightning_da.methods.base import DAMethod
+from lightning_da.methods.base import SingleStepMethod
 
 
-class SourceOnly(DAMethod):
+class SourceOnly(SingleStepMethod):
     unused_options = ("trade_off",)  # no transfer loss to weigh
+
     def __init__(self, *args, forward_target: bool = False, **kwargs):
-        self.splits_domains = forward_target
         super().__init__(*args, **kwargs)
+        self.needs = dataclasses.replace(self.needs, domain_split=forward_target)
         if self.extra and not forward_target:
             raise ValueError("source_only: extra_losses act on target logits; set method.forward_target=true")
 
@@ -28,4 +31,4 @@ class SourceOnly(DAMethod):
         if self.hparams.forward_target:
             return super().forward_domains(xs, xt)
         f = self.features(xs)
-        return f, self.classifier(f)
+        return f, self.classify(f)

@@ -48,7 +48,7 @@ Architecture flags are those of :class:`~lightning_da.methods.hda.HDANet` (``lay
 Usage (SURF of Caltech -> DeCAF6 of DSLR, pre-drawn split 0 of 20; results.json gets ``last`` and
 the ``oracle`` best over the 3000 steps)::
 
-    python run.py experiment=ssan_surf_decaf_c2d data.split=0
+    python run.py experiment=ssan_surf_decaf task=surf_decaf_c2d data.split=0
     python -m lightning_da.benchmarks.hda_partitions --methods ssan --tasks c2d --splits 20 --out bench_out/hda
 """
 
@@ -71,13 +71,9 @@ class SSAN(HDANet):
             raise ValueError(f"method.prototype must be two or three, not {prototype!r}")
         if str(combine_pred) not in COMBINE_PRED:
             raise ValueError(f"method.combine_pred must be one of {COMBINE_PRED}, not {combine_pred!r}")
-        self._grl_cfg = dict(grl or {})
         super().__init__(*args, **kwargs)
-
-    def build_heads(self) -> None:
-        super().build_heads()
-        self.grl = self.make_grl(**self._grl_cfg)
-        self.discriminator = LinearDiscriminator(self.backbone.out_features, self._head_cfg["init_std"])
+        self.grl = self.make_grl(**(grl or {}))
+        self.discriminator = LinearDiscriminator(self.backbone.out_features, self.hparams.init_std)
 
     def hda_loss(self, out: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
         h = self.hparams
@@ -94,9 +90,9 @@ class SSAN(HDANet):
             loss = loss + h.gamma * loss_domain
             logs["train/loss_domain"] = loss_domain
         if h.beta:
-            y_u, selected = agreement_mask(z_u, f_u, torch.cat([f_s, f_l]), torch.cat([y_s, y_l]), self.num_classes_,
+            y_u, selected = agreement_mask(z_u, f_u, torch.cat([f_s, f_l]), torch.cat([y_s, y_l]), self.num_classes,
                                            str(h.combine_pred), self.global_step)
-            loss_esa = centroid_alignment_loss(f_s, y_s, torch.cat([f_l, f_u]), torch.cat([y_l, y_u]), self.num_classes_,
+            loss_esa = centroid_alignment_loss(f_s, y_s, torch.cat([f_l, f_u]), torch.cat([y_l, y_u]), self.num_classes,
                                                h.prototype, torch.cat([selected.new_ones(len(f_l)), selected]))
             loss = loss + h.beta * loss_esa
             logs["train/loss_esa"] = loss_esa

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -299,10 +299,3 @@ class PairDiscriminator(nn.Sequential):
     def __init__(self, in_features: int):
         super().__init__(nn.Linear(in_features, 1))
 
-
-def move_inputs(x: Any, device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device)
-    if isinstance(x, dict):
-        return {k: move_inputs(v, device) for k, v in x.items()}
-    return x

@@ -10,6 +10,9 @@ running statistics over:
 * ``dsbn``, ``transnorm``, ``rn``: domain-aware norms (:class:`DSBN`, :class:`TransNorm`,
   :class:`ReciprocalNorm`). They need the domain split (see :mod:`lightning_da.norm.base`); a method
   that cannot give it refuses them.
+
+What a norm does around training (RN's gate clamp, AdaBN's re-estimation) is :class:`NormHooks`, a
+callback every method returns for its own layers (:func:`norm_callbacks`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from lightning_da.norm.adabn import adabn_layers, adapt_batchnorm, mark_adabn
 from lightning_da.norm.base import DomainAwareNorm, DomainSplitError, TwoDomainNorm, domain_aware_layers, domain_split
 from lightning_da.norm.dsbn import DSBN
+from lightning_da.norm.hooks import NormHooks, clamp_norm_gates, norm_callbacks
 from lightning_da.norm.rn import ReciprocalNorm
 from lightning_da.norm.transnorm import TransNorm
 
@@ -28,8 +32,8 @@ DOMAIN_NORMS: dict[str, type[TwoDomainNorm]] = {"dsbn": DSBN, "transnorm": Trans
 NORMS = ("bn", "adabn", *DOMAIN_NORMS)
 
 __all__ = ["DSBN", "NORMS", "DomainAwareNorm", "DomainSplitError", "ReciprocalNorm", "TransNorm", "TwoDomainNorm",
-           "adabn_layers", "adapt_batchnorm", "clamp_norm_gates", "convert_norm", "domain_aware_layers", "domain_split",
-           "mark_adabn"]
+           "NormHooks", "adabn_layers", "adapt_batchnorm", "clamp_norm_gates", "convert_norm", "domain_aware_layers",
+           "domain_split", "mark_adabn", "norm_callbacks"]
 
 
 def convert_norm(module: nn.Module, kind: str = "bn", rn1d_uniform_gamma: bool = True, **options) -> nn.Module:
@@ -70,10 +74,3 @@ def convert_norm(module: nn.Module, kind: str = "bn", rn1d_uniform_gamma: bool =
                 setattr(parent, name, replace(child))
     return module
 
-
-@torch.no_grad()
-def clamp_norm_gates(module: nn.Module) -> None:
-    """Clamp the RN gates of every :class:`ReciprocalNorm` in ``module`` to their range (after a step)."""
-    for m in module.modules():
-        if isinstance(m, ReciprocalNorm):
-            m.clamp_gates()

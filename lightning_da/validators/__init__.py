@@ -28,9 +28,9 @@ from typing import Callable, Sequence
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import move_data_to_device
 from torch.utils.data import DataLoader, Subset
 
+from lightning_da.predict import eval_mode, predict_dataset
 from lightning_da.validators.scores import (bnm_score, class_ami_score, dev_score, entropy_score, im_score, snd_score,
                                             source_accuracy)
 
@@ -62,17 +62,12 @@ VALIDATORS = {v.name: v for v in [
 ]}
 
 
-@torch.no_grad()
 def predict_subset(module: L.LightningModule, dataset, indices, batch_size: int, num_workers: int = 0) -> dict[str, torch.Tensor]:
     """Features, logits (``module.predict_features``) and labels of ``dataset[indices]``, on the
-    module's device (inputs may be tensors or dicts of them)."""
-    feats, logits, labels = [], [], []
-    for x, y in DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers):
-        f, z = module.predict_features(move_data_to_device(x, module.device))  # tensors or dicts of inputs
-        feats.append(f.float())
-        logits.append(z.float())
-        labels.append(torch.as_tensor(y, device=module.device))
-    return {"features": torch.cat(feats), "logits": torch.cat(logits), "labels": torch.cat(labels)}
+    module's device (inputs may be tensors or dicts of them); the caller chooses the mode."""
+    loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, num_workers=num_workers)
+    f, z, y = predict_dataset(module.predict_features, loader, module.device, indexed=True)  # indexed: the labels
+    return {"features": f.float(), "logits": z.float(), "labels": y}
 
 
 def _gather_rows(module: L.LightningModule, rows: torch.Tensor) -> torch.Tensor:
@@ -128,19 +123,19 @@ class ValidatorScores(L.Callback):
             return
         needs = {k for v in self.validators for k in v.needs}
         source_train, source_val = dm.source_splits[0]
-        was_training = module.training
-        module.eval()
         data: dict[str, torch.Tensor] = {}
-        if needs & {TARGET_LOGITS, TARGET_FEATURES}:
-            target = dm.domains[dm.target_name].train_eval
-            t = self._pass(trainer, module, target, self._subset(len(target), 0))
-            data.update({TARGET_LOGITS: t["logits"], TARGET_FEATURES: t["features"]})
-        if needs & {SOURCE_VAL_FEATURES, SOURCE_VAL_LOGITS, SOURCE_VAL_LABELS} and source_val is not None:
-            s = self._pass(trainer, module, source_val, self._subset(len(source_val), 1))
-            data.update({SOURCE_VAL_FEATURES: s["features"], SOURCE_VAL_LOGITS: s["logits"], SOURCE_VAL_LABELS: s["labels"]})
-        if SOURCE_TRAIN_FEATURES in needs:
-            data[SOURCE_TRAIN_FEATURES] = self._pass(trainer, module, source_train, self._subset(len(source_train), 2))["features"]
-        module.train(was_training)
+        with eval_mode(module):
+            if needs & {TARGET_LOGITS, TARGET_FEATURES}:
+                target = dm.domains[dm.target_name].train_eval
+                t = self._pass(trainer, module, target, self._subset(len(target), 0))
+                data.update({TARGET_LOGITS: t["logits"], TARGET_FEATURES: t["features"]})
+            if needs & {SOURCE_VAL_FEATURES, SOURCE_VAL_LOGITS, SOURCE_VAL_LABELS} and source_val is not None:
+                s = self._pass(trainer, module, source_val, self._subset(len(source_val), 1))
+                data.update({SOURCE_VAL_FEATURES: s["features"], SOURCE_VAL_LOGITS: s["logits"],
+                             SOURCE_VAL_LABELS: s["labels"]})
+            if SOURCE_TRAIN_FEATURES in needs:
+                data[SOURCE_TRAIN_FEATURES] = self._pass(trainer, module, source_train,
+                                                         self._subset(len(source_train), 2))["features"]
         for v in self.validators:
             missing = [k for k in v.needs if k not in data]
             if missing:
