@@ -21,10 +21,11 @@ from lightning_da.methods.mcc import MCC
 from lightning_da.methods.mcd import MCD
 from lightning_da.methods.mdd import MDD
 from lightning_da.methods.self_ensemble import SelfEnsemble
+from lightning_da.methods.shot import SHOT
 from lightning_da.methods.source_only import SourceOnly
 from lightning_da.methods.ssan import SSAN
 from lightning_da.methods.zeroshot import ZeroShotCLIP
 
 __all__ = ["ADDA", "AFN", "BNM", "BSP", "CCLoss", "CDAN", "CGDM", "CMKD", "DAMethod", "DAN", "DANN", "DeepCORAL",
-           "FixMatch", "HDANet", "JAN", "M2CAN", "MCC", "MCD", "MDD", "Needs", "SSAN", "SelfEnsemble",
+           "FixMatch", "HDANet", "JAN", "M2CAN", "MCC", "MCD", "MDD", "Needs", "SHOT", "SSAN", "SelfEnsemble",
            "SingleStepMethod", "SourceOnly", "TargetOnly", "ZeroShotCLIP"]
