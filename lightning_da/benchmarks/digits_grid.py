@@ -7,7 +7,10 @@ own ``run.py`` process, ``--workers`` at a time with one CPU thread each.
 Tasks are the files of ``conf/task`` (passed as ``task=<name>``). Methods on the digit tasks (m2u,
 u2m, mnistm): ``cgdm``, ``mcd`` (the MCD / CGDM table),
 ``cdan_e_<norm>`` for norm in bn, adabn, dsbn, transnorm, rn (the normalization table,
-``experiment=norm_digits_cdan_e``), ``fixmatch`` and ``source_only`` (the FixMatch table). On the
+``experiment=norm_digits_cdan_e``), ``fixmatch`` and ``source_only`` (the FixMatch table), and ``dann``, ``cdan_e`` and the
+issue-20 methods (``dan``, ``jan``, ``coral``, ``mcc``, ``bnm``, ``afn``, ``bsp``, ``mdd``, ``adda``,
+``self_ensemble``, ``cc_loss``, ``shot``: ``experiment=digits_<name>``; SHOT on u2m also needs
+``-- method.source_epochs=1``). On the
 Office-Caltech10 tasks (a2w, w2a, c2d, d2c, ...: first letters of amazon, caltech, dslr, webcam):
 ``oc_fixmatch``, ``oc_source_only``, ``oc_source_only_adabn`` (EfficientNet-Lite0, ``experiment=office_caltech_base``) and
 ``oc_cdan_e_bn`` / ``oc_cdan_e_rn`` (``experiment=norm_office_caltech_cdan_e``).
@@ -33,6 +36,8 @@ EXPERIMENTS = {"cgdm": ["experiment=cgdm_digits"], "mcd": ["experiment=mcd_digit
                **{f"cdan_e_{norm}": ["experiment=norm_digits_cdan_e", f"norm={norm}"]
                   for norm in ("bn", "adabn", "dsbn", "transnorm", "rn")},
                "fixmatch": ["experiment=fixmatch_digits"], "source_only": ["experiment=digits_source_only"],
+               **{m: [f"experiment=digits_{m}"] for m in ("dann", "cdan_e", "dan", "jan", "coral", "mcc", "bnm", "afn",
+                                                          "bsp", "mdd", "adda", "self_ensemble", "cc_loss", "shot")},
                "oc_fixmatch": ["experiment=fixmatch_office_caltech"], "oc_source_only": ["experiment=office_caltech_source_only"],
                "oc_source_only_adabn": ["experiment=office_caltech_source_only", "norm=adabn"],
                **{f"oc_cdan_e_{norm}": ["experiment=norm_office_caltech_cdan_e", f"norm={norm}"] for norm in ("bn", "rn")}}
