@@ -26,9 +26,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_da.predict import predict_dataset
+from lightning_da.predict import eval_mode, predict_dataset
 
-__all__ = ["PseudoLabelStore", "cluster_pseudo_labels", "predict_dataset", "target_indices"]
+__all__ = ["PseudoLabelStore", "cluster_dataset", "cluster_pseudo_labels", "predict_dataset", "target_indices"]
 
 _NEEDS_INDEX = ("the target loader must yield (x, idx), with idx the sample's index in the target train set, "
                 "so pseudo labels can be stored per sample")
@@ -218,3 +218,16 @@ class PseudoLabelStore(nn.Module):
     @property
     def num_labelled(self) -> int:
         return int(self.valid.sum())
+
+
+def cluster_dataset(module: nn.Module, loader, rounds: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(indices, labels)`` of every sample of the target ``loader`` (``(x, idx)`` batches):
+    ``module.predict_features`` in eval mode, softmax, then :func:`cluster_pseudo_labels`
+    (CGDM's and SHOT's refresh)."""
+    def forward(x):
+        f, z = module.predict_features(x)
+        return f, torch.softmax(z, dim=1)
+
+    with eval_mode(module):
+        feats, probs, idx = predict_dataset(forward, loader, next(module.parameters()).device, indexed=True)
+    return idx, cluster_pseudo_labels(feats, probs, rounds=rounds)

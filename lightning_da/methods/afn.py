@@ -39,6 +39,7 @@ from torch import nn
 
 from lightning_da.losses.feature_norm import afn_loss, hafn_loss
 from lightning_da.methods.base import SingleStepMethod
+from lightning_da.models.heads import normal_init_
 
 VARIANTS = ("safn", "hafn")
 
@@ -61,13 +62,7 @@ class AFN(SingleStepMethod):
             self._tllib_init()
 
     def _tllib_init(self) -> None:
-        for m in [*self.bottleneck.modules(), *self.classifier.modules()]:
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0.0, 0.01)
-                nn.init.normal_(m.bias, 0.0, 0.01)
-            elif isinstance(m, nn.BatchNorm1d):
-                nn.init.normal_(m.weight, 1.0, 0.01)
-                nn.init.zeros_(m.bias)
+        normal_init_(self.bottleneck, self.classifier)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         f = super().features(x)

@@ -33,8 +33,7 @@ import torch.nn.functional as F
 
 from lightning_da.losses.bi_classifier import cgdm_entropy, gradient_discrepancy, weighted_cross_entropy
 from lightning_da.methods.mcd import MCD
-from lightning_da.predict import eval_mode
-from lightning_da.pseudo_labels import PseudoLabelStore, cluster_pseudo_labels, predict_dataset, target_indices
+from lightning_da.pseudo_labels import PseudoLabelStore, cluster_dataset, target_indices
 
 
 class CGDM(MCD):
@@ -115,12 +114,5 @@ class CGDM(MCD):
     def refresh_pseudo_labels(self) -> None:
         """Cluster the whole target train set and store one label per sample."""
         loader = self.trainer.datamodule.target_pass_loader(self.pseudo_cfg["eval_transform"], self.pseudo_cfg["batch_size"])
-
-        def forward(x):
-            f, z = self.predict_features(x)
-            return f, F.softmax(z, dim=1)
-
-        with eval_mode(self):
-            feats, probs, idx = predict_dataset(forward, loader, self.device, indexed=True)
-        self.pseudo_labels.update(idx, cluster_pseudo_labels(feats, probs, rounds=self.pseudo_cfg["rounds"]))
+        self.pseudo_labels.update(*cluster_dataset(self, loader, self.pseudo_cfg["rounds"]))
         self._pseudo_ready = True

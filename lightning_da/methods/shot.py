@@ -64,8 +64,7 @@ from lightning_da.losses.shot import shot_target_loss
 from lightning_da.methods.base import DAMethod, Needs
 from lightning_da.models.shot_heads import WeightNormClassifier
 from lightning_da.optim import param_groups
-from lightning_da.predict import eval_mode, predict_dataset
-from lightning_da.pseudo_labels import PseudoLabelStore, cluster_pseudo_labels, target_indices
+from lightning_da.pseudo_labels import PseudoLabelStore, cluster_dataset, target_indices
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +177,7 @@ class SHOT(DAMethod):
     def refresh_pseudo_labels(self) -> None:
         """Cluster the whole target train set (eval mode) and store one label per sample."""
         loader = self.trainer.datamodule.target_pass_loader(self.pseudo_cfg["eval_transform"], self.pseudo_cfg["batch_size"])
-
-        def forward(x):
-            f, z = self.predict_features(x)
-            return f, F.softmax(z, dim=1)
-
-        with eval_mode(self):
-            feats, probs, idx = predict_dataset(forward, loader, self.device, indexed=True)
-        self.pseudo_labels.update(idx, cluster_pseudo_labels(feats, probs, rounds=self.pseudo_cfg["rounds"]))
+        self.pseudo_labels.update(*cluster_dataset(self, loader, self.pseudo_cfg["rounds"]))
 
     # ------------------------------------------------------------------ optimisers
     def configure_optimizers(self):

@@ -104,12 +104,19 @@ class MLPClassifier(nn.Sequential):
         super().__init__(*layers)
         self.out_features = num_classes
         if init == "normal":
-            for m in self.modules():
-                if isinstance(m, nn.Linear):
-                    nn.init.normal_(m.weight, 0.0, 0.01)
-                    nn.init.normal_(m.bias, 0.0, 0.01)
-                elif isinstance(m, nn.BatchNorm1d):
-                    nn.init.normal_(m.weight, 1.0, 0.01)
-                    nn.init.zeros_(m.bias)
+            normal_init_(self)
         elif init != "default":
             raise ValueError(f"unknown init {init!r}; choose default or normal")
+
+
+def normal_init_(*modules: nn.Module) -> None:
+    """TLlib-style head initialisation: Linear weights and biases ~ N(0, 0.01^2), BatchNorm1d
+    weights ~ N(1, 0.01^2) with zero bias."""
+    for module in modules:
+        for m in module.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.normal_(m.bias, 0.0, 0.01)
+            elif isinstance(m, nn.BatchNorm1d):
+                nn.init.normal_(m.weight, 1.0, 0.01)
+                nn.init.zeros_(m.bias)
