@@ -168,3 +168,56 @@ def test_errors_name_the_problem(tmp_path):
     np.savez(tmp_path / "split.npz", features=np.ones((8, 3), np.float32), labels=np.arange(8) % 4, idx=np.array([[1], [9]]))
     with pytest.raises(DataError, match=r"indices outside 0..7 after split_base=1 \(range 1..9\)"):
         feature_domain("p", "split.npz", root=str(tmp_path), splits_key="idx")
+
+
+# ------------------------------------------------------------------------------------ row space
+def test_row_space_coordinates_keep_inner_products_and_skip_tall_matrices():
+    from lightning_da.data.full_batch import row_space_coordinates
+    x = torch.randn(6, 20)
+    z = row_space_coordinates(x)
+    assert z.shape == (6, 6)
+    assert torch.allclose(z @ z.T, x @ x.T, atol=1e-5)
+    tall = torch.randn(9, 4)
+    assert row_space_coordinates(tall) is tall
+
+
+def test_row_space_sgd_trajectory_equals_the_full_width_layer():
+    """A linear first layer trained by nesterov, weight-decayed SGD on rows x gives the same outputs
+    as the layer on the row-space coordinates started from A0 = Q^T W0 (the claim of data.row_space)."""
+    torch.manual_seed(0)
+    x, y = torch.randn(7, 30, dtype=torch.float64), torch.arange(7) % 3
+    q, r = torch.linalg.qr(x.T)
+    z = r.T
+    from lightning_da.data.full_batch import row_space_coordinates
+    assert torch.allclose(row_space_coordinates(x), z)
+
+    def net(first):
+        return torch.nn.Sequential(first, torch.nn.LeakyReLU(0.2), torch.nn.Linear(5, 3)).double()
+    full = net(torch.nn.Linear(30, 5))
+    reduced = net(torch.nn.Linear(7, 5))
+    with torch.no_grad():
+        reduced[0].weight.copy_(full[0].weight @ q)  # (5 x 30) (30 x 7): A0^T = W0^T Q
+        reduced[0].bias.copy_(full[0].bias)
+        reduced[2].load_state_dict(full[2].state_dict())
+    opts = [torch.optim.SGD(m.parameters(), lr=0.3, momentum=0.9, weight_decay=1e-2, nesterov=True) for m in (full, reduced)]
+    for _ in range(25):
+        for m, inp, opt in ((full, x, opts[0]), (reduced, z, opts[1])):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(m(inp), y).backward()
+            opt.step()
+    assert torch.allclose(full(x), reduced(z), atol=1e-10)
+    assert not torch.allclose(full(x), net(torch.nn.Linear(30, 5))(x))  # it trained
+
+
+def test_datamodule_row_space_shrinks_only_wide_domains(tmp_path):
+    plain = datamodule(tmp_path, labeled_per_class=2)
+    dm = datamodule(tmp_path, labeled_per_class=2, row_space=True)
+    assert plain.input_dims == {"source": 5, "target": 7} == dm.input_dims  # 40 rows >= 5, 7 features: unchanged
+    write_npz(tmp_path / "wide.npz", n=12, d=50, seed=2)
+    domains = {"s": partial(feature_domain, name="s", path="s.npz"), "t": partial(feature_domain, name="t", path="wide.npz")}
+    wide = [FullBatchDataModule(domains, "s", "t", root=str(tmp_path), labeled_per_class=1, row_space=rs) for rs in (False, True)]
+    assert wide[0].input_dims["target"] == 50 and wide[1].input_dims["target"] == 12
+    for (xa, ia), (xb, ib) in [(wide[0].train_batch["target"], wide[1].train_batch["target"])]:
+        assert torch.equal(ia, ib)
+        assert torch.allclose(xa @ xa.T, xb @ xb.T, atol=1e-5)  # same rows, same geometry
+    assert torch.equal(wide[0].eval_batch[1], wide[1].eval_batch[1])

@@ -2,7 +2,7 @@
 against a plain PyTorch loop doing the same computation.
 
     python -m lightning_da.benchmarks.ssan_step [--task c2d] [--steps 3000] [--repeats 1] [--threads 1] \
-        [--data ../shared/data] [--device cpu]
+        [--data ../shared/data] [--device cpu] [--row-space] [--fused]
 
 Both paths start from the same initial weights and the same tensors (SURF of the source, DeCAF6
 of the target, pre-drawn split 0) and run ``--steps`` full-batch steps of SSAN: the three
@@ -10,7 +10,9 @@ projector forwards, the classifier, L_S + L_ISC + gamma L_D + beta L_ESA with th
 schedule, backward, nesterov SGD, and the per-step unlabelled-target accuracy for the
 best-over-training report. The library path is configured as ``experiment=ssan_surf_decaf task=surf_decaf_<task>``
 (logging every 100 steps, no logger, no checkpoints, no progress bar; one validation at the end).
-The plain loop computes the same losses with the same functions. Reported: total wall time of
+The plain loop computes the same losses with the same functions. ``--row-space`` gives each
+domain in its row-space coordinates (``data.row_space=true``, as ``experiment=hda_base`` does);
+``--fused`` uses the fused SGD kernel (``optimizer.fused=true``), in both paths. Reported: total wall time of
 each path (median over ``--repeats`` alternating runs), seconds per step, and the ratio.
 """
 
@@ -33,7 +35,7 @@ from lightning_da.methods import SSAN
 from lightning_da.models.grl import grl_coefficient, reverse_grad
 
 
-def make(task: str, data: str, steps: int):
+def make(task: str, data: str, steps: int, row_space: bool = False, fused: bool = False):
     surf = {"amazon": "amazon", "caltech": "Caltech10", "dslr": "dslr", "webcam": "webcam"}
     decaf = {"dslr": "dslr_decaf", "webcam": "Webcam_decaf"}
     s, t = LETTER[task[0]], LETTER[task[2]]
@@ -41,10 +43,12 @@ def make(task: str, data: str, steps: int):
     domains = {"source": partial(feature_domain, name="source", path=f"surf/{surf[s]}_SURF_L10.mat", label_base=1),
                "target": partial(feature_domain, name="target", path=f"decaf6/{decaf[t]}.mat", features_key="fea",
                                  labels_key="gnd", label_base=1, splits_key="target_idx")}
-    dm = FullBatchDataModule(domains, "source", "target", root=root, labeled="file", split=0, steps_per_epoch=steps)
+    dm = FullBatchDataModule(domains, "source", "target", root=root, labeled="file", split=0, steps_per_epoch=steps,
+                             row_space=row_space)
     L.seed_everything(2020, verbose=False)
     model = SSAN(dm.input_dims, dm.num_classes,
-                 optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True))
+                 optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True,
+                                   fused=fused or None))
     return dm, model
 
 
@@ -60,12 +64,12 @@ def run_library(dm, model, steps: int, device: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_plain(dm, model, steps: int, device: str) -> float:
+def run_plain(dm, model, steps: int, device: str, fused: bool = False) -> float:
     dev = torch.device("cuda" if device == "gpu" else "cpu")
     model = model.to(dev)
     proj, clf, disc = model.backbone.projectors, model.classifier, model.discriminator
     params = [p for m in (proj, clf, disc) for p in m.parameters()]
-    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True)
+    opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True, fused=fused or None)
     (xs, ys), (xl, yl), (xu, _) = [tuple(t.to(dev) for t in v) for v in dm.train_batch.values()]
     yu = dm.eval_batch[1].to(dev)
     C = dm.num_classes
@@ -99,15 +103,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--device", default="cpu", choices=["cpu", "gpu"])
+    ap.add_argument("--row-space", action="store_true", help="row-space coordinates (data.row_space=true)")
+    ap.add_argument("--fused", action="store_true", help="fused SGD (optimizer.fused=true)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    dm, model = make(args.task, args.data, args.steps)
+    dm, model = make(args.task, args.data, args.steps, args.row_space, args.fused)
     lib, plain = [], []
     for _ in range(args.repeats):
-        plain.append(run_plain(dm, copy.deepcopy(model), args.steps, args.device))
+        plain.append(run_plain(dm, copy.deepcopy(model), args.steps, args.device, args.fused))
         lib.append(run_library(dm, copy.deepcopy(model), args.steps, args.device))
     lib_t, plain_t = statistics.median(lib), statistics.median(plain)
-    print(f"SSAN {args.task}, {args.steps} full-batch steps, {args.threads} thread(s), {args.device}: "
+    print(f"SSAN {args.task}, {args.steps} full-batch steps, {args.threads} thread(s), {args.device}, "
+          f"row space {args.row_space}, fused SGD {args.fused}: input dims {dm.input_dims}, "
           f"n_s={len(dm.train_batch['source'][1])} n_l={len(dm.labeled_index)} n_u={len(dm.unlabeled_index)}")
     print(f"plain PyTorch loop: {plain_t:.1f} s ({1000 * plain_t / args.steps:.1f} ms/step)  runs {[round(t, 1) for t in plain]}")
     print(f"library (Trainer):  {lib_t:.1f} s ({1000 * lib_t / args.steps:.1f} ms/step)  runs {[round(t, 1) for t in lib]}")

@@ -122,9 +122,10 @@ def feature_files(source: str, target: str, features_key: str | Sequence[str] = 
                   labels_key: str | Sequence[str] = ("labels", *LABEL_KEYS), source_labels: str | None = None,
                   target_labels: str | None = None, label_base: int | str = "auto", class_names: Sequence[str] | None = None,
                   l2_normalize: bool = True, labeled_per_class: int | None = 3, split: int = 0, steps_per_epoch: int = 1000,
-                  seed: int = 0, uda_loader: dict | None = None):
+                  seed: int = 0, uda_loader: dict | None = None, row_space: bool = False):
     """Two feature files as a DataModule (module docstring). ``source_labels`` / ``target_labels``:
-    separate label files (needed for ``.npy`` features). ``steps_per_epoch`` is the HDA setting's;
+    separate label files (needed for ``.npy`` features). ``steps_per_epoch`` and ``row_space``
+    (:class:`~lightning_da.data.full_batch.FullBatchDataModule`) are the HDA setting's;
     ``uda_loader`` (batch size, iterations per epoch, ... of :class:`DADataModule`) the UDA one's."""
     paths = {"source": source, "target": target}
     label_paths = {"source": source_labels, "target": target_labels}
@@ -151,4 +152,5 @@ def feature_files(source: str, target: str, features_key: str | Sequence[str] = 
     if labeled_per_class is None:
         return DADataModule(domains, source=names[0], target=names[1], root=None, seed=seed, **dict(uda_loader or {}))
     return FullBatchDataModule(domains, source=names[0], target=names[1], labeled="random",
-                               labeled_per_class=labeled_per_class, split=split, steps_per_epoch=steps_per_epoch, seed=seed)
+                               labeled_per_class=labeled_per_class, split=split, steps_per_epoch=steps_per_epoch, seed=seed,
+                               row_space=row_space)
