@@ -13,7 +13,9 @@ issue-20 methods (``dan``, ``jan``, ``coral``, ``mcc``, ``bnm``, ``afn``, ``bsp`
 ``-- method.source_epochs=1``). On the
 Office-Caltech10 tasks (a2w, w2a, c2d, d2c, ...: first letters of amazon, caltech, dslr, webcam):
 ``oc_fixmatch``, ``oc_source_only``, ``oc_source_only_adabn`` (EfficientNet-Lite0, ``experiment=office_caltech_base``) and
-``oc_cdan_e_bn`` / ``oc_cdan_e_rn`` (``experiment=norm_office_caltech_cdan_e``).
+``oc_cdan_e_bn`` / ``oc_cdan_e_dsbn`` / ``oc_cdan_e_rn`` (``experiment=norm_office_caltech_cdan_e``).
+``dann_tllib`` and ``cdan_e_tllib`` run TLlib's published digits protocol
+(``experiment=digits_{dann,cdan_e}_tllib``: batch 128, 50,000 steps; on u2m add ``-- optimizer.lr=0.1``).
 
 A run whose ``results.json`` exists is skipped; one that stopped part-way resumes from its
 ``checkpoints/last.ckpt``, so the grid can be spread over several sittings. Summarise with
@@ -40,7 +42,9 @@ EXPERIMENTS = {"cgdm": ["experiment=cgdm_digits"], "mcd": ["experiment=mcd_digit
                                                           "bsp", "mdd", "adda", "self_ensemble", "cc_loss", "shot")},
                "oc_fixmatch": ["experiment=fixmatch_office_caltech"], "oc_source_only": ["experiment=office_caltech_source_only"],
                "oc_source_only_adabn": ["experiment=office_caltech_source_only", "norm=adabn"],
-               **{f"oc_cdan_e_{norm}": ["experiment=norm_office_caltech_cdan_e", f"norm={norm}"] for norm in ("bn", "rn")}}
+               **{f"oc_cdan_e_{norm}": ["experiment=norm_office_caltech_cdan_e", f"norm={norm}"] for norm in ("bn", "dsbn", "rn")},
+               # TLlib's published digits protocol (batch 128, 50,000 steps); u2m: -- optimizer.lr=0.1
+               **{f"{m}_tllib": [f"experiment=digits_{m}_tllib"] for m in ("dann", "cdan_e")}}
 
 
 def command(method: str, task: str, seed: int, run_dir: Path, data: str, extra: list[str]) -> list[str]:
