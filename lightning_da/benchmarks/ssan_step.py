@@ -46,7 +46,7 @@ def make(task: str, data: str, steps: int, row_space: bool = False, fused: bool 
     dm = FullBatchDataModule(domains, "source", "target", root=root, labeled="file", split=0, steps_per_epoch=steps,
                              row_space=row_space)
     L.seed_everything(2020, verbose=False)
-    model = SSAN(dm.input_dims, dm.num_classes,
+    model = SSAN(num_classes=dm.num_classes, **dm.model_kwargs,
                  optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=1e-3, nesterov=True,
                                    fused=fused or None))
     return dm, model

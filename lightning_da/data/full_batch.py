@@ -18,16 +18,18 @@ Labelled target split (``labeled``):
   e.g. DeCAF6's ``target_idx`` columns).
 
 Row-space coordinates (``row_space=True``, on in ``experiment=hda_base``): a domain with fewer rows
-than features (DeCAF6 DSLR: 157 x 4096) is given in an orthonormal basis of its own row span,
-``X = R^T Q^T`` from the QR decomposition ``X^T = Q R`` (float64), so the model sees ``X Q = R^T``
-(157 x 157). Nothing is lost: ``Q`` is orthonormal and every row of the domain (labelled, unlabelled,
-evaluated) lies in its span. For a first layer ``x W + b`` trained by (momentum, weight-decayed,
-nesterov) SGD this is the same network and the same optimisation: the gradient ``X^T dY`` of ``W``
-lies in the span, so only ``A = Q^T W`` ever reaches an output, and ``A`` follows exactly the SGD
-updates of a layer ``(X Q) A + b``; an i.i.d. N(0, s^2) initial ``W`` gives an i.i.d. N(0, s^2) ``A``
-(SSAN's ``init_std``). It is not equivalent under an initialisation that scales with fan-in
-(PyTorch's default, ``method.init_std=null``), an adaptive optimiser (Adam's per-coordinate scaling)
-or inputs outside the domain's rows. The first layer's cost drops by ``d / n`` (4096 -> 157 for DSLR).
+than features (DeCAF6 DSLR: 157 x 4096) is given in an orthonormal basis of its own row span: with
+the QR decomposition ``X^T = Q R`` (float64), ``X = R^T Q^T`` and the model sees ``X Q = R^T``
+(157 x 157). Nothing is lost: every row of the domain (labelled, unlabelled, evaluated) lies in the
+span. The bases go to the model (``model_kwargs["input_bases"]``, ``d x n`` each), which builds and
+initialises its first layer ``x W^T + b`` at the full width ``d`` as before (the same random draws)
+and then keeps ``W Q`` (:class:`~lightning_da.models.projectors.DomainProjectors`): the same
+function on every row of the domain. Trained by SGD (momentum, nesterov, weight decay) it is also
+the same optimisation: the gradient ``dY^T X`` of ``W`` lies in the span, so ``W Q`` follows exactly
+the SGD updates of the layer on ``X Q``, and the part of ``W`` outside the span, which the original
+only decays, never reaches an output. It is not the same under an adaptive optimiser (Adam's
+per-coordinate scaling is not rotation invariant) or for inputs outside the domain's rows. The
+first layer's cost drops by ``d / n`` (4096 -> 157 for DSLR); every other layer is unchanged.
 """
 
 from __future__ import annotations
@@ -60,16 +62,15 @@ def split_seed(seed: int, split: int) -> int:
     return seed * 1_000_003 + split
 
 
-def row_space_coordinates(x: torch.Tensor) -> torch.Tensor:
-    """``x`` (n x d) in an orthonormal basis of its row span when n < d: ``R^T`` of the QR
-    decomposition ``x^T = Q R`` (computed in float64, returned in ``x``'s dtype), so that
-    ``x = R^T Q^T`` and ``R^T R = x x^T`` (inner products, hence norms and distances, are kept).
-    ``x`` is returned unchanged when n >= d (no saving)."""
+def row_space_coordinates(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(x Q, Q)`` for ``x`` (n x d, 0 < n < d): ``Q`` (d x n) an orthonormal basis of the row span
+    from the QR decomposition ``x^T = Q R`` (float64), so ``x Q = R^T``, ``x = R^T Q^T`` and inner
+    products are kept (``R^T R = x x^T``); returned in ``x``'s dtype. ``None`` when n >= d (no saving)."""
     n, d = x.shape
-    if n >= d:
-        return x
-    _, r = torch.linalg.qr(x.double().T)
-    return r.T.to(x.dtype).contiguous()
+    if n == 0 or n >= d:
+        return None
+    q, r = torch.linalg.qr(x.double().T)
+    return r.T.to(x.dtype).contiguous(), q.to(x.dtype).contiguous()
 
 
 class RepeatedBatch:
@@ -100,8 +101,8 @@ class FullBatchDataModule(L.LightningDataModule):
         split: which split (``random``: seeds the draw; ``file``: the stored split index).
         steps_per_epoch: training steps per epoch (SSAN: 3000 steps, one epoch).
         seed: base seed of the random splits.
-        row_space: give a domain with fewer rows than features in row-space coordinates (see the
-            module docstring; an exact speed-up for SGD-trained linear first layers).
+        row_space: give a domain with fewer rows than features in row-space coordinates, and its
+            basis to the model (see the module docstring; an exact speed-up under SGD).
     """
 
     multi_source = False
@@ -134,8 +135,10 @@ class FullBatchDataModule(L.LightningDataModule):
         self.classes = check_same_classes([src, tgt])
         xs, ys = src.train.features, src.train.labels
         xt, yt = tgt.train.features, tgt.train.labels
+        self.feature_dims = {"source": xs.shape[1], "target": xt.shape[1]}
+        self.input_bases: dict[str, torch.Tensor] = {}
         if self.row_space:
-            xs, xt = row_space_coordinates(xs), row_space_coordinates(xt)
+            xs, xt = self._row_space("source", xs), self._row_space("target", xt)
         if self.labeled == "random":
             labeled = sample_per_class(yt, self.labeled_per_class, split_seed(self.seed, self.split))
         else:
@@ -163,6 +166,14 @@ class FullBatchDataModule(L.LightningDataModule):
                             "target": (xt[unlabeled], unlabeled)}
         self.eval_batch = (xt[unlabeled], yt[unlabeled])
 
+    def _row_space(self, role: str, x: torch.Tensor) -> torch.Tensor:
+        """``x`` in row-space coordinates (its basis kept in ``input_bases[role]``) when that is smaller."""
+        reduced = row_space_coordinates(x)
+        if reduced is None:
+            return x
+        self.input_bases[role] = reduced[1]
+        return reduced[0]
+
     @property
     def target_eval_description(self) -> str:
         return (f"the unlabelled target ({len(self.unlabeled_index)} samples; transductive), labelled split "
@@ -174,12 +185,14 @@ class FullBatchDataModule(L.LightningDataModule):
 
     @property
     def input_dims(self) -> dict[str, int]:
-        return {"source": self.train_batch["source"][0].shape[1], "target": self.train_batch["target"][0].shape[1]}
+        """The domains' feature widths (before any row-space coordinates)."""
+        return dict(self.feature_dims)
 
     @property
     def model_kwargs(self) -> dict:
-        """Keyword arguments the method needs from the data (``train.build`` passes them on)."""
-        return {"input_dims": self.input_dims}
+        """Keyword arguments the method needs from the data (``train.build`` passes them on): the
+        feature widths and, with ``row_space``, the bases of the domains given in row-space coordinates."""
+        return {"input_dims": self.input_dims, **({"input_bases": dict(self.input_bases)} if self.input_bases else {})}
 
     def train_dataloader(self):
         return RepeatedBatch(self.train_batch, self.steps_per_epoch)

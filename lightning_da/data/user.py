@@ -150,6 +150,9 @@ def feature_files(source: str, target: str, features_key: str | Sequence[str] = 
                              label_base=int(label_base), class_names=list(class_names), l2_normalize=l2_normalize)
                for name, role in zip(names, ("source", "target"))}
     if labeled_per_class is None:
+        if row_space:
+            raise ValueError("data.row_space applies to the semi-supervised full-batch setting only (a number for "
+                             "data.labeled_per_class); remove it for unsupervised DA on features")
         return DADataModule(domains, source=names[0], target=names[1], root=None, seed=seed, **dict(uda_loader or {}))
     return FullBatchDataModule(domains, source=names[0], target=names[1], labeled="random",
                                labeled_per_class=labeled_per_class, split=split, steps_per_epoch=steps_per_epoch, seed=seed,

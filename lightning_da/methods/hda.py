@@ -39,6 +39,9 @@ class HDANet(DAMethod):
     logit_leaky_relu: LeakyReLU(0.2) on the classifier logits (SSAN quirk: yes).
     init_std: N(0, init_std^2) initialisation of every Linear (SSAN: 0.01; null: PyTorch default).
     stepwise_oracle: track the unlabelled-target accuracy of every step (oracle best-over-training).
+    input_bases: the row-space bases of the domains given in row-space coordinates (from the
+        DataModule with ``data.row_space=true``; see :class:`~lightning_da.models.projectors.DomainProjectors`).
+        The checkpoint's hyper-parameters keep only their widths.
     """
 
     #: the per-domain projectors are built from the data's input widths (no backbone config); each
@@ -49,12 +52,14 @@ class HDANet(DAMethod):
     def __init__(self, input_dims: dict[str, int], num_classes: int, optimizer: Callable, scheduler: Callable | None = None,
                  backbone=None, norm=None, d_common: int = 256, layer: str = "double", normalize_features: bool = True,
                  logit_leaky_relu: bool = True, init_std: float | None = 0.01, lr_mult: dict | None = None,
-                 stepwise_oracle: bool = True):
+                 stepwise_oracle: bool = True, input_bases: dict | None = None):
         if backbone is not None:
             raise ValueError(f"{type(self).__name__} builds one projector per domain from the data's input dims; "
                              "it takes no backbone (experiments: backbone: null; command line: drop backbone=...)")
-        projectors = DomainProjectors(dict(input_dims), d_common, layer, normalize_features, init_std)
+        projectors = DomainProjectors(dict(input_dims), d_common, layer, normalize_features, init_std, input_bases)
         super().__init__(projectors, num_classes, optimizer, scheduler, norm=norm, lr_mult=lr_mult)
+        if input_bases:  # the widths, not the d x n matrices, go to the checkpoint (and rebuild the layers)
+            self.hparams["input_bases"] = {d: b if isinstance(b, int) else int(b.shape[1]) for d, b in input_bases.items()}
         self.classifier = HDAClassifier(self.backbone.out_features, num_classes, logit_leaky_relu, init_std)
         self.input_dims = dict(input_dims)
 

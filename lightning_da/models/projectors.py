@@ -48,16 +48,40 @@ class DomainProjectors(nn.Module):
     (SSAN's original picks by width, which breaks when both domains have the same dimension).
 
     ``forward(x)`` projects target rows: at evaluation the model classifies target samples.
+
+    ``input_bases`` (domain -> ``Q``, ``d x n`` with orthonormal columns; from
+    :class:`~lightning_da.data.full_batch.FullBatchDataModule` with ``row_space=True``): that domain's
+    rows arrive as row-space coordinates ``x Q``. Every layer is built and initialised at the full
+    width ``d`` as without it (the same random draws, the same hidden widths), then the first
+    ``Linear``'s weight ``W`` (``h x d``) becomes ``W Q`` (``h x n``): ``(x Q)(W Q)^T = x W^T`` for every
+    row of the span. An ``int`` n instead of ``Q`` builds the n-input layer uninitialised (its weights
+    come from a checkpoint).
     """
 
     def __init__(self, input_dims: dict[str, int], out_features: int = 256, layer: str = "double",
-                 normalize: bool = True, init_std: float | None = 0.01):
+                 normalize: bool = True, init_std: float | None = 0.01, input_bases: dict | None = None):
         super().__init__()
         if not input_dims:
             raise ValueError("DomainProjectors needs input_dims, e.g. {source: 800, target: 4096}")
         self.projectors = nn.ModuleDict({d: Projector(n, out_features, layer, normalize) for d, n in input_dims.items()})
         normal_init_(self, init_std)
+        for domain, basis in (input_bases or {}).items():
+            self._first_layer_on_row_space(domain, basis)
         self.out_features = out_features
+
+    def _first_layer_on_row_space(self, domain: str, basis: torch.Tensor | int) -> None:
+        if domain not in self.projectors:
+            raise ValueError(f"input_bases names domain {domain!r}, which has no projector ({sorted(self.projectors)})")
+        first = self.projectors[domain][0]
+        width = basis if isinstance(basis, int) else basis.shape[1]
+        if not isinstance(basis, int) and basis.shape[0] != first.in_features:
+            raise ValueError(f"the {domain} row-space basis is {tuple(basis.shape)}, expected ({first.in_features}, n)")
+        reduced = nn.utils.skip_init(nn.Linear, width, first.out_features)  # no random draw: values set here or loaded
+        with torch.no_grad():
+            if not isinstance(basis, int):
+                reduced.weight.copy_(first.weight.double() @ basis.double())
+            reduced.bias.copy_(first.bias)
+        self.projectors[domain][0] = reduced
 
     def forward(self, x: torch.Tensor, domain: str = "target") -> torch.Tensor:
         projector = self.projectors[domain]
