@@ -73,12 +73,13 @@ class DomainProjectors(nn.Module):
         if domain not in self.projectors:
             raise ValueError(f"input_bases names domain {domain!r}, which has no projector ({sorted(self.projectors)})")
         first = self.projectors[domain][0]
-        width = basis if isinstance(basis, int) else basis.shape[1]
-        if not isinstance(basis, int) and basis.shape[0] != first.in_features:
+        from_checkpoint = isinstance(basis, int)
+        if not from_checkpoint and basis.shape[0] != first.in_features:
             raise ValueError(f"the {domain} row-space basis is {tuple(basis.shape)}, expected ({first.in_features}, n)")
+        width = basis if from_checkpoint else basis.shape[1]
         reduced = nn.utils.skip_init(nn.Linear, width, first.out_features)  # no random draw: values set here or loaded
         with torch.no_grad():
-            if not isinstance(basis, int):
+            if not from_checkpoint:
                 reduced.weight.copy_(first.weight.double() @ basis.double())
             reduced.bias.copy_(first.bias)
         self.projectors[domain][0] = reduced
@@ -86,7 +87,8 @@ class DomainProjectors(nn.Module):
     def forward(self, x: torch.Tensor, domain: str = "target") -> torch.Tensor:
         projector = self.projectors[domain]
         if x.shape[1] != projector[0].in_features:
-            raise ValueError(f"{domain} rows are {x.shape[1]}-d but the {domain} projector takes {projector[0].in_features}-d input")
+            raise ValueError(f"{domain} rows are {x.shape[1]}-d but the {domain} projector takes {projector[0].in_features}-d input"
+                             " (a model trained with data.row_space=true takes row-space coordinates)")
         return projector(x)
 
 
