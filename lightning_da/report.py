@@ -79,7 +79,7 @@ def label(run: dict, by_folder: bool = False, by: tuple[str, ...] = ()) -> str:
         name = Path(run["output_dir"]).parent.name
     else:
         norm = run.get("norm", "bn")
-        name = run["method"] if norm == "bn" else f"{run['method']} + {norm}"
+        name = run["method"] if norm in ("bn", None) else f"{run['method']} + {norm}"
     return " ".join([name, *(f"{key}={config_value(run, key)}" for key in by)])
 
 

@@ -202,7 +202,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "method": type(model).__name__, "task": f"{'+'.join(datamodule.source_names)}->{datamodule.target_name}",
-        "norm": (cfg.get("norm") or {}).get("kind", "bn"), "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision),
+        "norm": (cfg.get("norm") or {}).get("kind"),  # None: the backbone as built, no conversion
+        "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision),
         "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
     }
     if hasattr(datamodule, "labeled_index"):  # semi-supervised HDA: which labelled-target split

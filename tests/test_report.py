@@ -8,17 +8,18 @@ from lightning_da.report import markdown, table
 def fake(method, norm, seed, acc, folder):
     run = {"method": method, "task": "mnist->usps", "seed": seed, "output_dir": f"/x/{folder}/seed{seed}",
            "last": {"test/target_acc": acc}, "oracle": {"val/target_acc": acc}}
-    if norm is not None:
+    if norm != "absent":
         run["norm"] = norm
     return run
 
 
 def test_report_groups_by_method_and_norm_or_by_folder():
-    runs = [fake("CDAN", "bn", 0, 0.9, "cdan_bn"), fake("CDAN", None, 1, 0.8, "cdan_bn"),
+    runs = [fake("CDAN", "bn", 0, 0.9, "cdan_bn"), fake("CDAN", "absent", 1, 0.8, "cdan_bn"),
+            fake("CDAN", None, 2, 0.85, "cdan_bn"),
             fake("CDAN", "rn", 0, 0.95, "cdan_rn"), fake("CDAN", "rn", 1, 0.97, "cdan_rn")]
     rows = {r["method"]: r for r in table(runs)}
-    assert set(rows) == {"CDAN", "CDAN + rn"}                       # no norm recorded = bn
-    assert rows["CDAN"]["seeds"] == "2 seeds" and rows["CDAN + rn"]["last"] == "96.00 ± 1.41"
+    assert set(rows) == {"CDAN", "CDAN + rn"}          # no norm recorded, or None (as built) = plain
+    assert rows["CDAN"]["seeds"] == "3 seeds" and rows["CDAN + rn"]["last"] == "96.00 ± 1.41"
     assert "| CDAN + rn | mnist->usps | 2 seeds | 96.00 ± 1.41 |" in markdown(table(runs))
     by_folder = {r["method"] for r in table(runs, by_folder=True)}
     assert by_folder == {"cdan_bn", "cdan_rn"}
