@@ -39,7 +39,7 @@ from torch import nn
 
 from lightning_da.losses.feature_norm import afn_loss, hafn_loss
 from lightning_da.methods.base import SingleStepMethod
-from lightning_da.models.heads import normal_init_
+from lightning_da.models.heads import tllib_head_init_
 
 VARIANTS = ("safn", "hafn")
 
@@ -62,7 +62,7 @@ class AFN(SingleStepMethod):
             self._tllib_init()
 
     def _tllib_init(self) -> None:
-        normal_init_(self.bottleneck, self.classifier)
+        tllib_head_init_(self.bottleneck, self.classifier)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         f = super().features(x)

@@ -104,12 +104,12 @@ class MLPClassifier(nn.Sequential):
         super().__init__(*layers)
         self.out_features = num_classes
         if init == "normal":
-            normal_init_(self)
+            tllib_head_init_(self)
         elif init != "default":
             raise ValueError(f"unknown init {init!r}; choose default or normal")
 
 
-def normal_init_(*modules: nn.Module) -> None:
+def tllib_head_init_(*modules: nn.Module) -> None:
     """TLlib-style head initialisation: Linear weights and biases ~ N(0, 0.01^2), BatchNorm1d
     weights ~ N(1, 0.01^2) with zero bias."""
     for module in modules:

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def normal_init_(module: nn.Module, std: float | None) -> None:
+def normal_linear_init_(module: nn.Module, std: float | None) -> None:
     """Draw every ``Linear`` weight and bias of ``module`` from N(0, std^2) (``None``: keep)."""
     if std is None:
         return
@@ -64,7 +64,7 @@ class DomainProjectors(nn.Module):
         if not input_dims:
             raise ValueError("DomainProjectors needs input_dims, e.g. {source: 800, target: 4096}")
         self.projectors = nn.ModuleDict({d: Projector(n, out_features, layer, normalize) for d, n in input_dims.items()})
-        normal_init_(self, init_std)
+        normal_linear_init_(self, init_std)
         for domain, basis in (input_bases or {}).items():
             self._first_layer_on_row_space(domain, basis)
         self.out_features = out_features
@@ -98,7 +98,7 @@ class HDAClassifier(nn.Sequential):
 
     def __init__(self, in_features: int, num_classes: int, logit_leaky_relu: bool = True, init_std: float | None = 0.01):
         super().__init__(nn.Linear(in_features, num_classes), *([nn.LeakyReLU(0.2)] if logit_leaky_relu else []))
-        normal_init_(self, init_std)
+        normal_linear_init_(self, init_std)
         self.out_features = num_classes
 
 
@@ -108,7 +108,7 @@ class LinearDiscriminator(nn.Linear):
 
     def __init__(self, in_features: int, init_std: float | None = 0.01):
         super().__init__(in_features, 1)
-        normal_init_(self, init_std)
+        normal_linear_init_(self, init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return super().forward(x).squeeze(-1)
