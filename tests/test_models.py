@@ -6,11 +6,25 @@ from lightning_da.norm import DomainAwareNorm, DomainSplitError, domain_split
 
 
 @pytest.mark.parametrize("name,size,channels,out", [("lenet", 28, 1, 800), ("lenet", 32, 3, 1250), ("lenet_bn", 28, 1, 768),
-                                                    ("lenet_bn", 32, 1, 1200), ("dtn", 32, 3, 4096)])
+                                                    ("lenet_bn", 32, 1, 1200), ("dtn", 32, 3, 4096),
+                                                    ("lenet_tllib", 28, 1, 500)])
 def test_digit_cnns_out_features(name, size, channels, out):
     net = build_backbone(name, in_channels=channels, input_size=size)
     assert net.out_features == out
     assert net(torch.randn(2, channels, size, size)).shape == (2, out)
+
+
+def test_lenet_tllib_is_lenet_plus_tllib_fc_tail():
+    """TLlib's LeNet: the LeNet convolutions, then Linear(800, 500) -> ReLU -> Dropout(0.5)."""
+    torch.manual_seed(0)
+    plain, tllib = build_backbone("lenet"), build_backbone("lenet_tllib")
+    tail = list(tllib.features)[len(plain.features):]
+    assert [type(m) for m in tail] == [torch.nn.Linear, torch.nn.ReLU, torch.nn.Dropout]
+    assert (tail[0].in_features, tail[0].out_features, tail[2].p) == (800, 500, 0.5)
+    tllib.eval(), plain.eval()
+    plain.load_state_dict({k: v for k, v in tllib.state_dict().items() if k in plain.state_dict()})
+    x = torch.randn(3, 1, 28, 28)
+    torch.testing.assert_close(tllib(x), torch.relu(tail[0](plain(x))))
 
 
 def test_resnet_from_torchvision_without_weights():

@@ -9,6 +9,7 @@ how to pass a local file.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable
 
@@ -165,6 +166,7 @@ def _digits(cls, channels: int = 1, size: int = 28) -> Callable[..., nn.Module]:
 
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "lenet": _digits(LeNet),
+    "lenet_tllib": _digits(functools.partial(LeNet, fc=500)),
     "lenet_bn": _digits(LeNetBN),
     "dtn": _digits(DTN, channels=3, size=32),
     "resnet18": _torchvision_resnet,
