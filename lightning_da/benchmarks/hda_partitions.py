@@ -1,5 +1,5 @@
 """Run heterogeneous-DA tasks over N labelled-target splits (SSAN's "partitions") and report the
-mean and std of the last-step accuracy and of the best-over-training accuracy (ORACLE: selected
+mean and sample std of the last-step accuracy and of the best-over-training accuracy (ORACLE: selected
 with target labels, what the SSAN paper reported).
 
     python -m lightning_da.benchmarks.hda_partitions --out bench_out/hda [--methods ssan hda_net target_only] \
@@ -57,7 +57,7 @@ def run_split(method: str, task: str, split: int, args) -> Path:
 
 
 def _stats(values: list[float]) -> dict:
-    return {"mean": 100 * statistics.fmean(values), "std": 100 * statistics.pstdev(values) if len(values) > 1 else 0.0,
+    return {"mean": 100 * statistics.fmean(values), "std": 100 * statistics.stdev(values) if len(values) > 1 else 0.0,
             "n": len(values)}
 
 
