@@ -1,7 +1,7 @@
 """Run a results grid (README digits and Office-Caltech10 tables): every method x task x seed as its
-own ``run.py`` process, ``--workers`` at a time with one CPU thread each.
+own ``run.py`` process, ``--workers`` at a time with ``--threads`` CPU threads each (default 1).
 
-    python -m lightning_da.benchmarks.digits_grid --out bench_out/digits [--workers 2] \
+    python -m lightning_da.benchmarks.digits_grid --out bench_out/digits [--workers 2] [--threads 1] \
         [--methods cgdm mcd] [--tasks m2u u2m mnistm] [--seeds 0 1 2] [--data ../shared/data] [-- extra overrides]
 
 Tasks are the files of ``conf/task`` (passed as ``task=<name>``). Methods on the digit tasks (m2u,
@@ -62,7 +62,7 @@ def run_one(job: tuple[str, str, int], args) -> str:
     if (run_dir / "results.json").exists():
         return f"skip {run_dir} (done)"
     run_dir.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     cmd = command(method, task, seed, run_dir, args.data, args.overrides)
     print("start", " ".join(cmd[1:]), flush=True)
     with open(run_dir / "stdout.log", "a") as log:
@@ -74,6 +74,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="bench_out/digits")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1, help="CPU threads per run (a lone run on a free machine can use more)")
     ap.add_argument("--methods", nargs="+", default=["cgdm", "mcd"], choices=list(EXPERIMENTS))
     ap.add_argument("--tasks", nargs="+", default=["m2u", "u2m", "mnistm"], choices=TASKS)
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
