@@ -3,6 +3,7 @@ real backbones, the domain-split errors, and RN's gate clamp and learning-rate g
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -235,6 +236,29 @@ def test_transnorm_matches_its_formula():
         z = (h - f.mean(1).view(1, 4, 1, 1)) / torch.sqrt(f.var(1, unbiased=False).view(1, 4, 1, 1) + 1e-5)
         z = z * layer.weight.view(1, 4, 1, 1) + layer.bias.view(1, 4, 1, 1)
         torch.testing.assert_close(out, z * (1 + alpha).view(1, 4, 1, 1), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", [ReciprocalNorm, DSBN, TransNorm])
+def test_two_domain_norms_give_the_same_result_on_channels_last_input(kind):
+    """Experiments may set method.channels_last (NHWC memory, faster convolutions and pooling on CPU)."""
+    torch.manual_seed(0)
+    fresh = kind(6)
+    x = torch.randn(8, 6, 5, 5)
+    x[4:] = x[4:] * 2 + 0.7
+    outs, grads = [], []
+    for inp in (x.clone(), x.contiguous(memory_format=torch.channels_last)):
+        inp.requires_grad_(True)
+        layer = copy.deepcopy(fresh)            # the same running statistics for both layouts
+        layer.train()
+        with domain_split(layer, 4):
+            y = layer(inp)
+        (y * torch.linspace(0, 1, y.numel()).view_as(x)).sum().backward()
+        layer.eval()
+        outs += [y, layer(inp)]
+        grads.append(inp.grad)
+    torch.testing.assert_close(outs[2], outs[0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outs[3], outs[1], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-5, atol=1e-5)
 
 
 # ------------------------------------------------------------------------------------ AdaBN
