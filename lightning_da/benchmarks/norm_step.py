@@ -1,11 +1,12 @@
-"""Training-step time of each norm against BatchNorm on a ResNet (forward + backward, same batch).
+"""Training-step time of each norm against BatchNorm on a backbone (forward + backward, same batch).
 
     python -m lightning_da.benchmarks.norm_step [--arch resnet50] [--batch 8] [--size 224] [--repeats 5]
         [--norms bn rn dsbn transnorm] [--device cpu|cuda] [--threads 2] [--channels-last]
 
 ``--batch`` is per domain: every step forwards ``[source (b); target (b)]`` in one call inside the
-domain split, then backpropagates a sum of the logits. Networks are converted from the same BN
-ResNet (random weights). Steps of the different norms alternate, so that machine noise hits them
+domain split, then backpropagates a sum of the outputs. Networks are converted from the same BN
+network with random weights: ``--arch`` is a torchvision model (``resnet50``) or a library backbone
+(``efficientnet_lite0``, the Office-Caltech10 normalization experiment's). Steps of the different norms alternate, so that machine noise hits them
 alike; the median time per step over ``--repeats`` rounds is reported with its ratio to BN.
 """
 
@@ -47,7 +48,12 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    base = getattr(torchvision.models, args.arch)()
+    if hasattr(torchvision.models, args.arch):
+        base = getattr(torchvision.models, args.arch)()
+    else:
+        from lightning_da.models import build_backbone
+
+        base = build_backbone(args.arch, pretrained=False)
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
     nets = {k: convert_norm(copy.deepcopy(base), k).to(args.device, memory_format=fmt).train() for k in args.norms}
     x = torch.randn(2 * args.batch, 3, args.size, args.size, device=args.device).contiguous(memory_format=fmt)
