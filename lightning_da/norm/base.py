@@ -160,10 +160,16 @@ class TwoDomainNorm(DomainAwareNorm):
         return scale, shift if bias is None else shift + bias
 
     @torch.no_grad()
+    def next_average_factor(self) -> float:
+        """Count one more training batch and return its running-statistics weight: ``momentum``, or
+        ``1 / batches`` (a cumulative average) for ``momentum=None``, as BatchNorm does."""
+        self.num_batches_tracked += 1
+        return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+
+    @torch.no_grad()
     def update_running(self, mean: torch.Tensor, var: torch.Tensor) -> None:
         """EMA (or cumulative average for ``momentum=None``) of per-domain ``(2, C)`` statistics."""
-        self.num_batches_tracked += 1
-        m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        m = self.next_average_factor()
         for d, name in enumerate(("source", "target")):
             getattr(self, f"running_mean_{name}").lerp_(mean[d].to(self.running_mean_source.dtype), m)
             getattr(self, f"running_var_{name}").lerp_(var[d].to(self.running_var_source.dtype), m)

@@ -33,8 +33,7 @@ class DSBN(TwoDomainNorm):
         self.shared_affine = shared_affine
 
     def train_forward(self, x: torch.Tensor, n_source: int) -> torch.Tensor:
-        self.num_batches_tracked += 1
-        m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        m = self.next_average_factor()
         weight, bias = self.affine_rows()
         halves = torch.split(x, [n_source, len(x) - n_source])
         return torch.cat([
