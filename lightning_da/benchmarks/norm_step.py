@@ -7,7 +7,8 @@
 domain split, then backpropagates a sum of the outputs. Networks are converted from the same BN
 network with random weights: ``--arch`` is a torchvision model (``resnet50``) or a library backbone
 (``efficientnet_lite0``, the Office-Caltech10 normalization experiment's). Steps of the different
-norms alternate, so that machine noise hits them alike; the median time per step over ``--repeats`` rounds is reported with its ratio to BN.
+norms alternate, so that machine noise hits them alike; the median time per step over ``--repeats``
+rounds is reported with its ratio to BN.
 """
 
 from __future__ import annotations
