@@ -13,15 +13,19 @@ from torch.optim.lr_scheduler import LambdaLR
 NORM_GATES = "norm_gates"
 
 
-def param_groups(modules: Sequence[tuple[str, nn.Module]], base_lr: float, lr_mult: dict[str, float] | None = None) -> list[dict]:
+def param_groups(modules: Sequence[tuple[str, nn.Module]], base_lr: float, lr_mult: dict[str, float] | None = None,
+                 options: dict[str, dict] | None = None) -> list[dict]:
     """One group per named module with ``lr = base_lr * lr_mult.get(name, 1)``; frozen and empty
     modules are skipped; a multiplier of 0 leaves the module out of the optimiser. Gate parameters of
     norm layers (anything with ``gate_parameters()``, i.e. RN) form one more group, ``norm_gates``,
-    with ``lr_mult["norm_gates"]`` (default 1, as the RN code's ``--lr_mult``) wherever they live."""
-    lr_mult = dict(lr_mult or {})
-    unknown = sorted(set(lr_mult) - {n for n, _ in modules} - {NORM_GATES})
-    if unknown:
-        raise ValueError(f"lr_mult names unknown modules {unknown}; the method's modules are {[n for n, _ in modules]}")
+    with ``lr_mult["norm_gates"]`` (default 1, as the RN code's ``--lr_mult``) wherever they live.
+    ``options`` overrides the optimiser's own settings for a group by name (e.g. TLlib's AFN:
+    ``{"backbone": {"momentum": 0.0}}``)."""
+    lr_mult, options = dict(lr_mult or {}), dict(options or {})
+    for what, given in (("lr_mult", lr_mult), ("group_options", options)):
+        unknown = sorted(set(given) - {n for n, _ in modules} - {NORM_GATES})
+        if unknown:
+            raise ValueError(f"{what} names unknown modules {unknown}; the method's modules are {[n for n, _ in modules]}")
     gates = [p for _, module in modules for m in module.modules() if hasattr(m, "gate_parameters")
              for p in m.gate_parameters() if p.requires_grad]
     gate_ids = {id(p) for p in gates}
@@ -30,7 +34,7 @@ def param_groups(modules: Sequence[tuple[str, nn.Module]], base_lr: float, lr_mu
         params = gates if module is None else [p for p in module.parameters() if p.requires_grad and id(p) not in gate_ids]
         mult = float(lr_mult.get(name, 1.0))
         if params and mult > 0:
-            groups.append({"params": params, "lr": base_lr * mult, "name": name})
+            groups.append({"params": params, "lr": base_lr * mult, "name": name, **dict(options.get(name) or {})})
     return groups
 
 

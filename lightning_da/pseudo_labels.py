@@ -15,7 +15,7 @@ Typical use (CGDM, at a pseudo-label refresh)::
                                         indexed=True)
     store.update(idx, cluster_pseudo_labels(feats, probs))
     ...
-    x_t, idx = target_indices(batch["target"])
+    x_t, idx = target_indices(batch["target"])       # lightning_da.data.batches
     y_hat, has = store[idx], store.mask(idx)
 """
 
@@ -26,12 +26,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from lightning_da.data.batches import NEEDS_INDEX
 from lightning_da.predict import eval_mode, predict_dataset
 
-__all__ = ["PseudoLabelStore", "cluster_dataset", "cluster_pseudo_labels", "predict_dataset", "target_indices"]
+__all__ = ["PseudoLabelStore", "cluster_dataset", "cluster_pseudo_labels", "predict_dataset"]
 
-_NEEDS_INDEX = ("the target loader must yield (x, idx), with idx the sample's index in the target train set, "
-                "so pseudo labels can be stored per sample")
 
 
 # ---------------------------------------------------------------------------------------------- clustering
@@ -101,14 +100,6 @@ def cluster_pseudo_labels(features: torch.Tensor, probs: torch.Tensor, rounds: i
 
 
 # ---------------------------------------------------------------------------------------------- store
-def target_indices(batch: Any) -> tuple[Any, torch.Tensor]:
-    """Split a target batch ``(x, idx)`` into ``x`` and ``idx``; a ValueError says what is missing
-    when the batch carries no indices."""
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and batch[1] is not None:
-        return batch[0], batch[1]
-    raise ValueError(f"this target batch has no sample indices: {_NEEDS_INDEX}")
-
-
 class PseudoLabelStore(nn.Module):
     """One pseudo label per target train sample, keyed by the sample's index.
 
@@ -141,7 +132,7 @@ class PseudoLabelStore(nn.Module):
     # ------------------------------------------------------------------ validation
     def _index(self, indices: Any) -> torch.Tensor:
         if indices is None:
-            raise ValueError(f"pseudo labels were looked up without sample indices: {_NEEDS_INDEX}")
+            raise ValueError(f"pseudo labels were looked up without sample indices: {NEEDS_INDEX}")
         idx = torch.as_tensor(indices, device=self.labels.device)
         if idx.dtype == torch.bool or idx.dtype.is_floating_point or idx.dtype.is_complex:
             raise ValueError(f"pseudo-label indices must be integers, got dtype {idx.dtype}")

@@ -18,7 +18,7 @@ def _smoke(tmp_path, *extra):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     # a subprocess: the DDP part initialises (and destroys) a process group, kept out of the test process
-    proc = subprocess.run([sys.executable, "-m", "lightning_da.benchmarks.gpu_check", "--out", str(out), "--smoke",
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.gpu_check", "--out", str(out), "--smoke",
                            "--threads", "1", "--work", str(tmp_path / "work"), *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

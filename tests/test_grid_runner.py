@@ -3,7 +3,7 @@ last checkpoint and gives each run the requested CPU threads; no training is run
 
 import argparse
 
-from lightning_da.benchmarks import digits_grid
+from benchmarks import digits_grid
 
 
 def args(tmp_path, threads=1):

@@ -18,7 +18,8 @@ from lightning_da.train import build
 
 SGD = partial(torch.optim.SGD, lr=0.01)
 VALUES = {"trade_off": 0.5, "classifier_init": "xavier", "bottleneck": {"dim": 16}, "lr_mult": {"backbone": 0.1},
-          "extra_losses": {"entropy": 0.1}, "channels_last": True, "compile": True}
+          "extra_losses": {"entropy": 0.1}, "channels_last": True, "compile": True,
+          "group_options": {"backbone": {"momentum": 0.0}}}
 
 
 def accepted(cls) -> set[str]:

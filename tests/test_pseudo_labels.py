@@ -10,7 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lightning_da.data.domain import WithIndex
-from lightning_da.pseudo_labels import PseudoLabelStore, cluster_pseudo_labels, predict_dataset, target_indices
+from lightning_da.data.batches import target_indices
+from lightning_da.pseudo_labels import PseudoLabelStore, cluster_pseudo_labels, predict_dataset
 
 
 # ---------------------------------------------------------------------------------------------- reference

@@ -1,4 +1,5 @@
-"""Batch inputs that are tensors, lists of strings or dicts of them (multi-modal data)."""
+"""Batch parsing: inputs that are tensors, lists of strings or dicts of them (multi-modal data), and
+the ``(x, idx)`` target batches that carry sample indices."""
 
 from __future__ import annotations
 
@@ -31,3 +32,15 @@ def input_len(x: Any) -> int:
     if isinstance(x, dict):
         return input_len(next(iter(x.values())))
     return len(x)
+
+
+NEEDS_INDEX = ("the target loader must yield (x, idx), with idx the sample's index in the target train set, "
+               "so pseudo labels can be stored per sample")
+
+
+def target_indices(batch: Any) -> tuple[Any, torch.Tensor]:
+    """Split a target batch ``(x, idx)`` into ``x`` and ``idx``; a ValueError says what is missing
+    when the batch carries no indices."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and batch[1] is not None:
+        return batch[0], batch[1]
+    raise ValueError(f"this target batch has no sample indices: {NEEDS_INDEX}")

@@ -74,7 +74,7 @@ TLLIB_GRL = {"alpha": 1.0, "max_iters": 1000, "lo": 0.0, "hi": 2.0, "auto_step":
 class ADDA(DAMethod):
     automatic_optimization = False
     needs = Needs(domain_split=False)
-    unused_options = ("extra_losses",)
+    unused_options = ("extra_losses", "group_options")
 
     def __init__(self, *args, pretrain_epochs: int = 3, pretrain_lr: float | None = 0.001, objective: str = "grl",
                  discriminator: dict | None = None, grl: dict | None = None, source_dropout: bool = True,

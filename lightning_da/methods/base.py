@@ -86,6 +86,8 @@ class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
     norm: a callable converting the feature path's norm layers (``norm`` group); None keeps BN.
     bottleneck: keyword arguments of :class:`~lightning_da.models.heads.Bottleneck` (``dim: 0`` = none).
     lr_mult: learning-rate multiplier per top-level module name (``backbone``, ``bottleneck``, ...).
+    group_options: optimiser settings per top-level module name, over the optimiser's own
+        (``{backbone: {momentum: 0.0}}``: TLlib's AFN keeps momentum off the backbone).
     extra_losses: extra terms on the target logits, ``{name: weight}`` (see ``losses.regularizers``).
     channels_last: keep the model and image batches in ``channels_last`` memory format (GPU convnets;
         None = false).
@@ -100,7 +102,7 @@ class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
     #: constructor arguments that are objects, not hyper-parameters (kept out of checkpoints)
     hparams_ignore: tuple[str, ...] = ()
     #: options of the base or of :class:`SingleStepMethod` this method has no use for (``bottleneck``,
-    #: ``lr_mult``, ``extra_losses``, ``channels_last``, ``compile``, ``trade_off``, ``classifier_init``):
+    #: ``lr_mult``, ``group_options``, ``extra_losses``, ``channels_last``, ``compile``, ``trade_off``, ``classifier_init``):
     #: giving one is an error that names it, never a silent no-op.
     #: Without ``bottleneck`` the features are the backbone's own (an identity bottleneck).
     unused_options: tuple[str, ...] = ()
@@ -108,8 +110,9 @@ class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
     def __init__(self, backbone: nn.Module, num_classes: int, optimizer: Callable, scheduler: Callable | None = None,
                  norm: Callable[[nn.Module], nn.Module] | None = None, bottleneck: dict | None = None,
                  lr_mult: dict | None = None, extra_losses: dict | None = None, channels_last: bool | None = None,
-                 compile: bool | None = None, **unknown):
-        self.refuse_unused({"bottleneck": bottleneck, "lr_mult": lr_mult, "extra_losses": extra_losses,
+                 compile: bool | None = None, group_options: dict | None = None, **unknown):
+        self.refuse_unused({"bottleneck": bottleneck, "lr_mult": lr_mult, "group_options": group_options,
+                            "extra_losses": extra_losses,
                             "channels_last": channels_last, "compile": compile}, unknown)
         if "bottleneck" in self.unused_options:
             bottleneck = {"dim": 0}
@@ -124,6 +127,7 @@ class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
         self.num_classes = num_classes
         self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
         self.lr_mult = dict(lr_mult or {})
+        self.group_options = {k: dict(v) for k, v in (group_options or {}).items()}
         self.extra = ExtraLoss(extra_losses)
         self.eval_metrics = nn.ModuleDict()
         self._norm = norm
@@ -300,7 +304,7 @@ class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
     def configure_optimizers(self):
         base_lr = self.optimizer_factory.keywords["lr"]
         modules = [(n, m) for n, m in self.optimizer_modules() if n != "eval_metrics"]
-        optimizer = self.optimizer_factory(param_groups(modules, base_lr, self.lr_mult))
+        optimizer = self.optimizer_factory(param_groups(modules, base_lr, self.lr_mult, self.group_options))
         if self.scheduler_factory is None:
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.make_scheduler(optimizer), "interval": "step"}}

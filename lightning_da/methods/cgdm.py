@@ -33,7 +33,8 @@ import torch.nn.functional as F
 
 from lightning_da.losses.bi_classifier import cgdm_entropy, gradient_discrepancy, weighted_cross_entropy
 from lightning_da.methods.mcd import MCD
-from lightning_da.pseudo_labels import PseudoLabelStore, cluster_dataset, target_indices
+from lightning_da.data.batches import target_indices
+from lightning_da.pseudo_labels import PseudoLabelStore, cluster_dataset
 
 
 class CGDM(MCD):

@@ -67,7 +67,7 @@ class M2CAN(DAMethod):
     #: the fused features feed the heads directly; learning rates come from ``lr`` per part; inputs
     #: are dicts (no memory format) and the branches are not run through the backbone's forward
     #: (nothing for ``compile`` to compile)
-    unused_options = ("bottleneck", "lr_mult", "channels_last", "compile")
+    unused_options = ("bottleneck", "lr_mult", "group_options", "channels_last", "compile")
 
     def __init__(self, backbone: TwoBranchNet, num_classes: int, optimizer, scheduler=None, norm=None,
                  n_heads: int = 2, n_sources: int | None = None, lr: dict | None = None, sam_rho: float = 0.05,

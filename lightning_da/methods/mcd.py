@@ -34,13 +34,14 @@ import torch.nn.functional as F
 from lightning_da.losses.bi_classifier import classifier_discrepancy
 from lightning_da.methods.base import DAMethod
 from lightning_da.models.heads import MLPClassifier
-from lightning_da.pseudo_labels import target_indices
+from lightning_da.data.batches import target_indices
 from lightning_da.optim import NORM_GATES, param_groups
 
 
 class MCD(DAMethod):
     automatic_optimization = False
     hparams_ignore = ("generator_optimizer",)
+    unused_options = ("group_options",)
 
     def __init__(self, *args, num_k: int = 4, w_dis: float = 1.0, head: dict | None = None,
                  generator_optimizer=None, domain_forward: str = "joint", **kwargs):

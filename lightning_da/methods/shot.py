@@ -64,7 +64,8 @@ from lightning_da.losses.shot import shot_target_loss
 from lightning_da.methods.base import DAMethod, Needs
 from lightning_da.models.shot_heads import WeightNormClassifier
 from lightning_da.optim import param_groups
-from lightning_da.pseudo_labels import PseudoLabelStore, cluster_dataset, target_indices
+from lightning_da.data.batches import target_indices
+from lightning_da.pseudo_labels import PseudoLabelStore, cluster_dataset
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ class SHOT(DAMethod):
     needs = dataclasses.replace(Needs(), domain_split=False)
     #: the target phase is source-free with its own objective (SHOT weighs its terms by ent_par /
     #: cls_par; trade_off and classifier_init, SingleStepMethod's options, are refused as unknown)
-    unused_options = ("extra_losses",)
+    unused_options = ("extra_losses", "group_options")
 
     def __init__(self, *args, source_epochs: int, smooth: float = 0.1, ent_par: float = 1.0, gent: float = 1.0,
                  cls_par: float = 0.1, pseudo: dict | None = None, **kwargs):

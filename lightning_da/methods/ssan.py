@@ -49,7 +49,7 @@ Usage (SURF of Caltech -> DeCAF6 of DSLR, pre-drawn split 0 of 20; results.json 
 the ``oracle`` best over the 3000 steps)::
 
     python run.py experiment=ssan_surf_decaf task=surf_decaf_c2d data.split=0
-    python -m lightning_da.benchmarks.hda_partitions --methods ssan --tasks c2d --splits 20 --out bench_out/hda
+    python -m benchmarks.hda_partitions --methods ssan --tasks c2d --splits 20 --out bench_out/hda
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ class ZeroShotCLIP(DAMethod):
     #: ``train()`` skips fitting and tests the model as built, with prompts from the data's class names
     needs = Needs(class_names=True, domain_split=False, trains=False)
     #: nothing is trained: no bottleneck, losses, learning rates or compiled training
-    unused_options = ("bottleneck", "lr_mult", "extra_losses", "compile")
+    unused_options = ("bottleneck", "lr_mult", "group_options", "extra_losses", "compile")
 
     def __init__(self, *args, class_names: list[str], prompts: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)

@@ -1,6 +1,6 @@
 """Lightning's training step against a plain PyTorch loop doing the same work.
 
-    python -m lightning_da.benchmarks.step_overhead [--steps 300] [--repeats 3] [--threads 2]
+    python -m benchmarks.step_overhead [--steps 300] [--repeats 3] [--threads 2]
 
 Both train the same DANN (LeNet, bottleneck 500, discriminator 500, batch 32 + 32 on the bundled
 MNIST -> USPS digits) from the same initial weights, on the same DataModule loaders, with the same

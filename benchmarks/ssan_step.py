@@ -1,7 +1,7 @@
 """One SSAN split through the library (Lightning ``Trainer.fit`` on the full-batch DataModule)
 against a plain PyTorch loop doing the same computation.
 
-    python -m lightning_da.benchmarks.ssan_step [--task c2d] [--steps 3000] [--repeats 1] [--threads 1] \
+    python -m benchmarks.ssan_step [--task c2d] [--steps 3000] [--repeats 1] [--threads 1] \
         [--data ../shared/data] [--device cpu] [--row-space] [--fused]
 
 Both paths start from the same initial weights and the same tensors (SURF of the source, DeCAF6
@@ -28,7 +28,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 
-from lightning_da.benchmarks.hda_partitions import LETTER
+from benchmarks.hda_partitions import LETTER
 from lightning_da.data import FullBatchDataModule, feature_domain
 from lightning_da.losses.semantic import agreement_mask, centroid_alignment_loss, implicit_semantic_correlation_loss
 from lightning_da.methods import SSAN

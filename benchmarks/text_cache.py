@@ -1,7 +1,7 @@
 """Fill a frozen text encoder's on-disk cache (``backbone.branch_t.cache_file``) before a grid of runs,
 one domain per call, so that no training run spends its time encoding:
 
-    python -m lightning_da.benchmarks.text_cache --cache /tmp/minilm256.pt --root ../shared/data/amazon_reviews/raw \
+    python -m benchmarks.text_cache --cache /tmp/minilm256.pt --root ../shared/data/amazon_reviews/raw \
         --domains books [--max-length 256]
 
 Each run still encodes any text missing from the file once (and only once) and rewrites the file

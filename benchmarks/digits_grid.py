@@ -1,7 +1,7 @@
 """Run a results grid (README digits and Office-Caltech10 tables): every method x task x seed as its
 own ``run.py`` process, ``--workers`` at a time with ``--threads`` CPU threads each (default 1).
 
-    python -m lightning_da.benchmarks.digits_grid --out bench_out/digits [--workers 2] [--threads 1] \
+    python -m benchmarks.digits_grid --out bench_out/digits [--workers 2] [--threads 1] \
         [--methods cgdm mcd] [--tasks m2u u2m mnistm] [--seeds 0 1 2] [--data ../shared/data] [-- extra overrides]
 
 Tasks are the files of ``conf/task`` (passed as ``task=<name>``). Methods on the digit tasks (m2u,
@@ -31,7 +31,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 #: the digit and Office-Caltech10 image tasks of conf/task (``task=<name>`` on top of the method's experiment)
 TASKS = sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml") if not p.stem.startswith("surf_"))
 EXPERIMENTS = {"cgdm": ["experiment=cgdm_digits"], "mcd": ["experiment=mcd_digits"],

@@ -2,7 +2,7 @@
 mean and sample std of the last-step accuracy and of the best-over-training accuracy (ORACLE: selected
 with target labels, what the SSAN paper reported).
 
-    python -m lightning_da.benchmarks.hda_partitions --out bench_out/hda [--methods ssan hda_net target_only] \
+    python -m benchmarks.hda_partitions --out bench_out/hda [--methods ssan hda_net target_only] \
         [--tasks c2d c2w a2d a2w d2d d2w w2d w2w] [--splits 20 | --split-ids 0 5] [--data ../shared/data] \
         [--report] [-- extra overrides, e.g. data.steps_per_epoch=1000]
 

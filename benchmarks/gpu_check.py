@@ -1,6 +1,6 @@
 """GPU check kit: one prepared run that records what a GPU machine gives this library.
 
-    python -m lightning_da.benchmarks.gpu_check --out DIR [--budget-s 420] [--smoke] [--digits-steps N]
+    python -m benchmarks.gpu_check --out DIR [--budget-s 420] [--smoke] [--digits-steps N]
         [--data ../shared/data] [--device cuda|cpu] [--work DIR] [--threads N] [--parts digits throughput ...]
 
 Writes ``DIR/gpu_check.json`` and ``DIR/gpu_check.md`` (a markdown table), rewritten after every
@@ -19,7 +19,7 @@ item, so that a run stopped at its limit still leaves what it measured. Parts, i
    at 224 px (``DANN.training_step`` + SGD outside a Trainer) in fp32, bf16 autocast, bf16 +
    channels_last, bf16 + channels_last + torch.compile, each against the backbone-only
    forward + backward + SGD step (the ceiling); ``norm=rn`` against ``norm=bn``; a CMKD step
-   (:mod:`lightning_da.benchmarks.cmkd_step`) on random-weight CLIP RN50 and ViT-B/16.
+   (:mod:`benchmarks.cmkd_step`) on random-weight CLIP RN50 and ViT-B/16.
 4. ``ddp``: ``trainer=ddp trainer.devices=1`` for a few DANN steps on ``data=digits_bundled``.
 
 A part (and an item of a part) that raises records its error and the run goes on; once
@@ -42,7 +42,7 @@ travel), once, here, in the repository root, fill an ignored carry folder ``.gpu
 
 then one device call, ``carry: [".gpu_carry"]``, ``timeout_s: 560``::
 
-    bash lightning_da/benchmarks/gpu_check.sh "$OUT" --budget-s 420 --digits-steps 5000
+    bash benchmarks/gpu_check.sh "$OUT" --budget-s 420 --digits-steps 5000
 
 (:file:`gpu_check.sh` installs the wheels into /tmp with ``pip install --no-index --no-deps
 --target``, unpacks the data into /tmp and runs this module; drop ``--digits-steps`` for the full
@@ -74,7 +74,7 @@ import torch
 PUBLISHED = {"DANN": ("digits_dann_tllib", 91.7), "CDAN+E": ("digits_cdan_e_tllib", 96.0)}
 PROTOCOL_STEPS = 2500 * 20
 PACKAGES = ["lightning", "torchvision", "hydra-core", "omegaconf", "open_clip_torch", "timm", "torchmetrics"]
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
 class Check:
@@ -320,8 +320,8 @@ def backbone_step(check: Check, base: torch.nn.Module, variant: str) -> dict:
 
 
 def cmkd_run(check: Check, model: str, precision: str) -> dict:
-    """One :func:`lightning_da.benchmarks.cmkd_step.main` run (its own argument parser), its line parsed."""
-    from lightning_da.benchmarks import cmkd_step
+    """One :func:`benchmarks.cmkd_step.main` run (its own argument parser), its line parsed."""
+    from benchmarks import cmkd_step
 
     a = check.args
     argv = ["cmkd_step", "--model", model, "--batch", str(a.batch), "--size", str(a.size), "--steps", str(a.steps),

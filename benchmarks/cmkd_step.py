@@ -1,7 +1,7 @@
 """Throughput of CMKD training steps (the library's ``CMKD.training_step`` + SGD step) on a CLIP
 architecture with random weights (``pretrained=None``: no download), in fp32 or under autocast.
 
-    python -m lightning_da.benchmarks.cmkd_step [--model RN50] [--size 224] [--batch 32] [--steps 20]
+    python -m benchmarks.cmkd_step [--model RN50] [--size 224] [--batch 32] [--steps 20]
         [--precision 32|bf16|16] [--device cuda|cpu] [--fixmatch] [--rst] [--tiny]
 
 ``--batch`` is per domain (source and target; FixMatch adds the strong target view). ``--tiny``

@@ -1,7 +1,7 @@
 """Time per training batch of CGDM against MCD, and of the gradient discrepancy against a naive
 per-parameter implementation.
 
-    python -m lightning_da.benchmarks.cgdm_step [--batches 30] [--threads 2] [--channels-last]
+    python -m benchmarks.cgdm_step [--batches 30] [--threads 2] [--channels-last]
 
 Both methods use the digits setting of ``conf/experiment/cgdm_digits.yaml`` (LeNetBN at 32 px,
 heads 100-100, num_k 4, batch 32 + 32) on random inputs, with CGDM's pseudo labels filled so that

@@ -1,6 +1,6 @@
 """Training-step time of each norm against BatchNorm on a backbone (forward + backward, same batch).
 
-    python -m lightning_da.benchmarks.norm_step [--arch resnet50] [--batch 8] [--size 224] [--repeats 5]
+    python -m benchmarks.norm_step [--arch resnet50] [--batch 8] [--size 224] [--repeats 5]
         [--norms bn rn dsbn transnorm] [--device cpu|cuda] [--threads 2] [--channels-last]
 
 ``--batch`` is per domain: every step forwards ``[source (b); target (b)]`` in one call inside the
