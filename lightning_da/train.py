@@ -52,12 +52,12 @@ def compose_config(overrides: list[str], output_dir: str | os.PathLike, config_d
     return cfg
 
 
-def build_backbone(cfg: DictConfig, datamodule, method_cls) -> torch.nn.Module | None:
+def build_backbone(cfg: DictConfig, datamodule, method_cls, needs) -> torch.nn.Module | None:
     """The configured backbone, fitted to the data: none for methods that build their own
     (HDA projectors; an explicit ``backbone=`` override is refused), ``in_features: null`` filled
     from the data's feature width, and the images shaped to the backbone's ``input_spec``."""
     backbone_cfg = cfg.get("backbone")
-    if backbone_cfg and not method_cls.needs.backbone:
+    if backbone_cfg and not needs.backbone:
         overrides = list(cfg.get("hydra", {}).get("overrides", {}).get("task", []))
         if any(o.split("=")[0].lstrip("+~") == "backbone" for o in overrides):
             raise ValueError(f"{method_cls.__name__} builds one projector per domain from the data and takes no "
@@ -81,10 +81,12 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     """Instantiate the DataModule, the method (backbone and norm inside) and the trainer."""
     datamodule = instantiate(cfg.data, _convert_="all")
     method_cls = get_class(cfg.method._target_)
-    backbone = build_backbone(cfg, datamodule, method_cls)
+    # what the method needs under these options: read once here; the built method holds the same
+    needs = method_cls.needs_for(OmegaConf.to_container(cfg.method, resolve=True))
+    backbone = build_backbone(cfg, datamodule, method_cls, needs)
     num_classes = datamodule.num_classes  # builds the domains and checks their class lists
     data_kwargs = dict(getattr(datamodule, "model_kwargs", {}))
-    if method_cls.needs.class_names:
+    if needs.class_names:
         data_kwargs["class_names"] = list(datamodule.classes)  # CLIP methods build prompts from them
     model = instantiate(
         cfg.method,
@@ -97,7 +99,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         norm=instantiate(cfg.norm) if cfg.get("norm") else None,
         _convert_="all",
     )
-    if model.needs.strong_view:  # FixMatch-style methods read (weak, strong) target views
+    if needs.strong_view:  # FixMatch-style methods read (weak, strong) target views
         if not hasattr(datamodule, "strong_target_view"):
             raise ValueError(f"{type(model).__name__} needs weak and strong target views, which {type(datamodule).__name__} cannot give")
         datamodule.strong_target_view = True

@@ -22,14 +22,14 @@ def make_cgdm(**kw):
     model.pseudo_labels = PseudoLabelStore(8, 10)
     model.pseudo_labels.replace_all(torch.arange(8) % 10)
     model._pseudo_ready = True
-    opt_g, opt_f = model.configure_optimizers()
+    model.configure_optimizers()  # the named groups G and F that the steps update
     batch = {"source": (torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))),
              "target": (torch.randn(8, 1, 28, 28), torch.arange(8))}
-    return model, opt_g, opt_f, batch
+    return model, batch
 
 
 def test_step_terms_by_step():
-    model, _, _, batch = make_cgdm()
+    model, batch = make_cgdm()
     f, z1, z2 = model.forward_heads(batch["source"][0], batch["target"][0])
     assert set(model.step_terms("A", f, z1, z2, 8, batch)[1]) == {"train/loss_entropy", "train/loss_pseudo"}
     assert set(model.step_terms("B", f, z1, z2, 8, batch)[1]) == {"train/loss_entropy"}
@@ -42,33 +42,33 @@ def test_step_terms_by_step():
                                            ("b", {"classifier", "classifier2"}), ("c", {"backbone", "bottleneck"})])
 @pytest.mark.parametrize("domain_forward", ["joint", "separate"])
 def test_each_step_updates_exactly_its_parameters(step, expected, domain_forward):
-    model, opt_g, opt_f, batch = make_cgdm(domain_forward=domain_forward)
+    model, batch = make_cgdm(domain_forward=domain_forward)
     before = snapshot(model)
-    {"a": lambda: model.step_a(batch, opt_g, opt_f), "b": lambda: model.step_b(batch, opt_f),
-     "c": lambda: model.step_c(batch, opt_g)}[step]()
+    {"a": lambda: model.step_a(batch), "b": lambda: model.step_b(batch),
+     "c": lambda: model.step_c(batch)}[step]()
     assert changed(model, before) == expected
 
 
 def test_gradient_discrepancy_alone_moves_only_the_generator():
-    model, opt_g, _, batch = make_cgdm(w_ent_c=0.0)
+    model, batch = make_cgdm(w_ent_c=0.0)
     model.w_dis = 0.0  # step C with L_GD only
     before = snapshot(model)
-    model.step_c(batch, opt_g)
+    model.step_c(batch)
     assert changed(model, before) == {"backbone", "bottleneck"}
 
 
 def test_untrained_bottleneck_quirk():
-    model, opt_g, opt_f, batch = make_cgdm(train_bottleneck=False)
+    model, batch = make_cgdm(train_bottleneck=False)
     before = snapshot(model)
-    model.step_a(batch, opt_g, opt_f)
+    model.step_a(batch)
     assert changed(model, before) == {"backbone", "classifier", "classifier2"}
 
 
 def test_target_without_indices_is_refused():
-    model, opt_g, opt_f, batch = make_cgdm()
+    model, batch = make_cgdm()
     batch["target"] = batch["target"][0]
     with pytest.raises(ValueError, match=r"\(x, idx\)"):
-        model.step_a(batch, opt_g, opt_f)
+        model.step_a(batch)
 
 
 @pytest.mark.slow

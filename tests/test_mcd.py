@@ -17,10 +17,10 @@ def make_mcd(**kw):
     model = MCD(build_backbone("lenet"), 10, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9),
                 bottleneck={"dim": 64}, head={"hidden": [32], "dropout": 0.0}, num_k=2, **kw)
     model.manual_backward = lambda loss: loss.backward()  # no trainer in these unit tests
-    opt_g, opt_f = model.configure_optimizers()
+    model.configure_optimizers()  # the named groups G and F that the steps update
     batch = {"source": (torch.randn(8, 1, 28, 28), torch.randint(0, 10, (8,))),
              "target": (torch.randn(8, 1, 28, 28), torch.arange(8))}
-    return model, opt_g, opt_f, batch
+    return model, batch
 
 
 @pytest.mark.parametrize("step,expected", [("a", {"backbone", "bottleneck", "classifier", "classifier2"}),
@@ -28,21 +28,21 @@ def make_mcd(**kw):
                                            ("c", {"backbone", "bottleneck"})])
 @pytest.mark.parametrize("domain_forward", ["joint", "separate"])
 def test_each_step_updates_exactly_its_parameters(step, expected, domain_forward):
-    model, opt_g, opt_f, batch = make_mcd(domain_forward=domain_forward)
+    model, batch = make_mcd(domain_forward=domain_forward)
     before = snapshot(model)
     if step == "a":
-        model.step_a(batch, opt_g, opt_f)
+        model.step_a(batch)
     elif step == "b":
-        model.step_b(batch, opt_f)
+        model.step_b(batch)
     else:
-        model.step_c(batch, opt_g)
+        model.step_c(batch)
     assert changed(model, before) == expected
 
 
 def test_step_b_maximises_and_step_c_minimises_the_discrepancy():
     from lightning_da.losses.bi_classifier import classifier_discrepancy
 
-    model, opt_g, opt_f, batch = make_mcd()
+    model, batch = make_mcd()
     model.eval()  # deterministic forward to compare before/after
     xs, xt = batch["source"][0], batch["target"][0]
 
@@ -52,9 +52,9 @@ def test_step_b_maximises_and_step_c_minimises_the_discrepancy():
             return classifier_discrepancy(z1[8:], z2[8:]).item()
 
     d0 = disc()
-    model.step_b(batch, opt_f)
+    model.step_b(batch)
     d1 = disc()
-    model.step_c(batch, opt_g)
+    model.step_c(batch)
     assert d1 > d0 and disc() < d1
 
 
@@ -113,10 +113,10 @@ def test_separate_domain_forward_refuses_domain_aware_norm_and_unknown_modes():
 def test_separate_forward_skips_the_domain_a_step_does_not_use(domain_forward):
     """Saito's solver: step A sees only the source, step C only the target. A NaN domain that a step
     does not use must leave the parameters finite; the joint forward (CGDM's code) does use it."""
-    model, opt_g, opt_f, batch = make_mcd(domain_forward=domain_forward)
+    model, batch = make_mcd(domain_forward=domain_forward)
     xs, ys = batch["source"]
     xt, idx = batch["target"]
-    model.step_c({"source": (torch.full_like(xs, float("nan")), ys), "target": (xt, idx)}, opt_g)
-    model.step_a({"source": (xs, ys), "target": (torch.full_like(xt, float("nan")), idx)}, opt_g, opt_f)
+    model.step_c({"source": (torch.full_like(xs, float("nan")), ys), "target": (xt, idx)})
+    model.step_a({"source": (xs, ys), "target": (torch.full_like(xt, float("nan")), idx)})
     finite = all(torch.isfinite(p).all() for p in model.parameters())
     assert finite == (domain_forward == "separate")

@@ -155,7 +155,7 @@ def test_self_ensemble_steps_match_replay():
     # a threshold between the teacher's confidences at the first step, so that the mask is mixed
     probe = copy.deepcopy(model.teacher).train()
     conf = probe["classifier"](probe["bottleneck"](probe["backbone"](x_weak))).softmax(1).amax(1).sort().values
-    model.hparams.threshold = threshold = float((conf[2] + conf[3]) / 2)
+    model.threshold = threshold = float((conf[2] + conf[3]) / 2)
     ref = copy.deepcopy(model)
     batch = {"source": (xs, ys), "target": ((x_weak, x_strong), torch.arange(7))}
     logged, _ = run_batches(model, data=OneBatchData(batch, repeat=2))
@@ -235,7 +235,7 @@ def test_cc_loss_step_matches_replay():
         probe = copy.deepcopy(model).train()
         zw = probe(torch.cat([xs, x_weak, x_strong]))[5:12]
         conf = F.softmax(zw / T, 1).amax(1).sort().values
-    model.hparams.threshold = thr = float((conf[3] + conf[4]) / 2)
+    model.threshold = thr = float((conf[3] + conf[4]) / 2)
     ref = copy.deepcopy(model)
     batch = {"source": (xs, ys), "target": ((x_weak, x_strong), torch.arange(7))}
     logged, _ = run_batches(model, data=OneBatchData(batch))

@@ -7,6 +7,8 @@ import time
 
 import lightning as L
 
+from lightning_da.compat import batches_that_stepped
+
 log = logging.getLogger(__name__)
 
 
@@ -22,7 +24,7 @@ class ProgressLine(L.Callback):
         total = trainer.estimated_stepping_batches
         self._total = int(total) if total != float("inf") else None
         self._every = self.every or max(1, (self._total or 1000) // 10)
-        self._done = self._first = trainer.fit_loop.epoch_loop._batches_that_stepped  # > 0 when resumed
+        self._done = self._first = batches_that_stepped(trainer)  # > 0 when resumed
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self._done += 1

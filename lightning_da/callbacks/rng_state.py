@@ -8,7 +8,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.fabric.utilities.seed import _collect_rng_states, _set_rng_states
+from lightning_da.compat import collect_rng_states, set_rng_states
 
 
 class RNGStateCheckpoint(L.Callback):
@@ -26,7 +26,7 @@ class RNGStateCheckpoint(L.Callback):
     a resumed run re-seeds, so worker-side augmentations differ after a resume there."""
 
     def state_dict(self) -> dict[str, Any]:
-        states = _collect_rng_states(include_cuda=torch.cuda.is_available())
+        states = collect_rng_states(include_cuda=torch.cuda.is_available())
         if "numpy" in states:  # (name, uint32 keys, pos, has_gauss, gauss): the keys as a tensor, to load with weights_only
             name, keys, *rest = states["numpy"]
             states["numpy"] = (name, torch.from_numpy(keys.astype(np.int64)), *rest)
@@ -41,4 +41,4 @@ class RNGStateCheckpoint(L.Callback):
             states["numpy"] = (name, keys.numpy().astype(np.uint32), *rest)
         if not torch.cuda.is_available():
             states.pop("torch.cuda", None)
-        _set_rng_states(states)
+        set_rng_states(states)

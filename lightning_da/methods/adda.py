@@ -24,7 +24,9 @@ Two phases, by epoch (Lightning manual optimisation):
 Defaults are TLlib's (``examples/domain_adaptation/image_classification/adda.py``): 3 pre-training
 epochs at ``pretrain_lr`` 0.001 (the adaptation lr is ``optimizer.lr``), discriminator with hidden
 width 1024 (BatchNorm, two hidden layers), one SGD over ``E_t`` and ``D`` (here two optimisers with the
-same settings, which for SGD is the same update), the inv schedule restarted at the adaptation.
+same settings, which for SGD is the same update), the inv schedule restarted at the adaptation. The
+three optimisers are named groups (``pretrain``, ``encoder``, ``discriminator``); a schedule that runs
+over ``total_steps`` gets the length of its phase.
 
 Flags and deviations:
 
@@ -64,9 +66,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from lightning_da.losses.adversarial_gan import adda_discriminator_loss, adda_generator_loss
-from lightning_da.methods.base import DAMethod, Needs
+from lightning_da.methods.base import DAMethod, Needs, OptimGroup
 from lightning_da.models.heads import Classifier, DomainDiscriminator
-from lightning_da.optim import NORM_GATES, param_groups
 
 TLLIB_GRL = {"alpha": 1.0, "max_iters": 1000, "lo": 0.0, "hi": 2.0, "auto_step": True}
 
@@ -74,7 +75,7 @@ TLLIB_GRL = {"alpha": 1.0, "max_iters": 1000, "lo": 0.0, "hi": 2.0, "auto_step":
 class ADDA(DAMethod):
     automatic_optimization = False
     needs = Needs(domain_split=False)
-    unused_options = ("extra_losses", "group_options")
+    unused_options = ("extra_losses",)
 
     def __init__(self, *args, pretrain_epochs: int = 3, pretrain_lr: float | None = 0.001, objective: str = "grl",
                  discriminator: dict | None = None, grl: dict | None = None, source_dropout: bool = True,
@@ -124,25 +125,21 @@ class ADDA(DAMethod):
         for m in self.source_encoder.modules():
             if isinstance(m, _BatchNorm):
                 m.eval()
-        if self.hparams.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
-            return self.source_encoder(x)
+            return self.source_encoder(self.in_memory_format(x))
 
     # ------------------------------------------------------------------ steps
-    def pretrain_step(self, xs, ys, opt) -> dict:
+    def pretrain_step(self, xs, ys) -> dict:
         z = self(xs)
         loss = F.cross_entropy(z, ys)
-        opt.zero_grad()
-        self.manual_backward(loss)
-        opt.step()
+        self.update(loss, "pretrain")
         logs = {}
         if self.logging_step():
             logs = {"train/loss": loss.detach(), "train/loss_cls": loss.detach(),
                     "train/source_acc": (z.detach().argmax(1) == ys).float().mean()}
         return logs
 
-    def adapt_step(self, xs, xt, opt_enc, opt_d) -> dict:
+    def adapt_step(self, xs, xt) -> dict:
         f_s, f_t = self.source_features(xs), self.features(xt)
         ns = len(f_s)
         logs = {}
@@ -150,23 +147,15 @@ class ADDA(DAMethod):
             coeff = self.grl.coeff  # before the call, which steps the warm-start schedule
             d = self.discriminator(self.grl(torch.cat([f_s, f_t])))
             loss = loss_d = adda_discriminator_loss(d[:ns], d[ns:])
-            opt_enc.zero_grad()
-            opt_d.zero_grad()
-            self.manual_backward(loss)
-            opt_enc.step()
-            opt_d.step()
+            self.update(loss, "encoder", "discriminator")
             if self.logging_step():
                 logs["train/grl_coeff"] = coeff
         else:
             d = self.discriminator(torch.cat([f_s, f_t.detach()]))
             loss_d = adda_discriminator_loss(d[:ns], d[ns:])
-            opt_d.zero_grad()
-            self.manual_backward(loss_d)
-            opt_d.step()
+            self.update(loss_d, "discriminator")
             loss = adda_generator_loss(self.discriminator(f_t))
-            opt_enc.zero_grad()
-            self.manual_backward(loss)
-            opt_enc.step()
+            self.update(loss, "encoder")
         if self.logging_step():
             with torch.no_grad():
                 domain_acc = torch.cat([d[:ns] > 0, d[ns:] <= 0]).float().mean()
@@ -175,38 +164,18 @@ class ADDA(DAMethod):
         return logs
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        opt_pre, opt_enc, opt_d = self.optimizers()
-        schedulers = self.scheduler_list()
         (xs, ys), (xt, _) = batch["source"], batch["target"]
-        if self.adapting():
-            logs = self.adapt_step(xs, xt, opt_enc, opt_d)
-            schedulers = schedulers[1:]
-        else:
-            logs = self.pretrain_step(xs, ys, opt_pre)
-            schedulers = schedulers[:1]
-        for scheduler in schedulers:
-            scheduler.step()
+        logs = self.adapt_step(xs, xt) if self.adapting() else self.pretrain_step(xs, ys)
         if logs:
             self.log_train(logs)
 
     # ------------------------------------------------------------------ optimisers
-    def configure_optimizers(self):
+    def optimizer_groups(self) -> dict[str, OptimGroup]:
+        """``pretrain`` (encoder and classifier at ``pretrain_lr``, the pre-training epochs) and, for the
+        adaptation epochs, ``encoder`` (the target encoder) and ``discriminator``."""
         encoder = [("backbone", self.backbone), ("bottleneck", self.bottleneck)]
-        pretrain = [*encoder, ("classifier", self.classifier)]
-        disc = [("discriminator", self.discriminator)]
-        names = {n for n, _ in [*pretrain, *disc]} | {NORM_GATES}
-        unknown = sorted(set(self.lr_mult) - names)
-        if unknown:
-            raise ValueError(f"lr_mult names unknown modules {unknown}; ADDA optimises {sorted(names - {NORM_GATES})}")
-        lr = self.optimizer_factory.keywords["lr"]
-        pre_lr = lr if self.hparams.pretrain_lr is None else self.hparams.pretrain_lr
-
-        def make(modules, base_lr):
-            known = {n for n, _ in modules} | {NORM_GATES}
-            return self.optimizer_factory(param_groups(modules, base_lr, {k: v for k, v in self.lr_mult.items() if k in known}),
-                                          lr=base_lr)
-
-        optimizers = [make(pretrain, pre_lr), make(encoder, lr), make(disc, lr)]
-        if self.scheduler_factory is None:
-            return optimizers
-        return optimizers, [self.make_scheduler(opt) for opt in optimizers]
+        first = self.hparams.pretrain_epochs
+        return {"pretrain": OptimGroup([*encoder, ("classifier", self.classifier)], lr=self.hparams.pretrain_lr,
+                                       epochs=(0, first)),
+                "encoder": OptimGroup(encoder, epochs=(first, None)),
+                "discriminator": OptimGroup([("discriminator", self.discriminator)], epochs=(first, None))}

@@ -73,8 +73,8 @@ class AFN(SingleStepMethod):
             return afn_loss(features, self.delta)
         return hafn_loss(features, self.radius)
 
-    def transfer_loss(self, features, logits, n_source):
-        fs, ft = features[:n_source], features[n_source:]
+    def transfer_loss(self, step):
+        fs, ft = step.source_features, step.target_features
         loss = self.norm_loss(fs) + self.norm_loss(ft)
         logs = {}
         if self.logging_step():

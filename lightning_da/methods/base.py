@@ -1,23 +1,32 @@
-"""The method contract: a thin base, the one-loss mixin, and what a method declares it needs.
+"""The method contract: a thin base, the one-loss path, and the named optimisers of multi-step methods.
 
 * :class:`DAMethod`, the base of every method: the feature path ``backbone -> bottleneck`` (the part
-  the ``norm`` choice converts), evaluation and its metrics, optimiser and schedule from config,
-  logging and GRL helpers. It builds no head: a method builds the parts it uses in its own
+  the ``norm`` choice converts), evaluation and its metrics, optimisers and schedules from config,
+  logging, GRL and extra-loss helpers. It builds no head: a method builds the parts it uses in its own
   ``__init__`` after ``super().__init__()`` and says how features become the prediction in
   :meth:`DAMethod.classify`. After the most-derived ``__init__`` returns, the base converts the
   feature path's norm layers and checks the result (:meth:`DAMethod.finish_build`).
 * :class:`SingleStepMethod`, for methods with one loss per batch: it builds the linear classifier
-  and owns the training step; the method writes only :meth:`SingleStepMethod.transfer_loss`.
-  Methods with several optimiser steps per batch (MCD, CGDM, M2CAN) subclass :class:`DAMethod`,
-  set ``automatic_optimization = False`` and write ``training_step``.
+  and owns the training step; the method writes only :meth:`SingleStepMethod.transfer_loss`, which
+  receives the step's context (:class:`Step`: the batch, the inputs, features, logits, the
+  source/target split, and the no-grad ``guidance`` a method computes before the forward).
+* Multi-step methods (MCD, CGDM, ADDA, SHOT, M2CAN) set ``automatic_optimization = False``, declare
+  their optimisers by name in :meth:`DAMethod.optimizer_groups` (:class:`OptimGroup`: the modules, and
+  where they differ from the configured optimiser: another optimiser, another base lr, the epochs of
+  their phase) and write ``training_step`` as "this loss updates these groups",
+  :meth:`DAMethod.update`. The base builds the optimisers and schedules from config once (a
+  ``total_steps`` schedule gets the length of its group's phase), validates the ``lr_mult`` and
+  ``group_options`` names once, and steps each schedule once per batch in which its group stepped.
 * :class:`Needs`, the one place a method declares what it needs from the data and the builder
-  (``lightning_da.train.build`` reads it): strong target views, class names, several sources, a
-  domain split for domain-aware norms, whether it trains, whether it takes the configured backbone.
+  (``lightning_da.train.build`` reads :meth:`DAMethod.needs_for` of the method config before building,
+  and the built method holds the same value as ``needs``): strong target views, class names, several
+  sources, a domain split for domain-aware norms, whether it trains, whether it takes the configured
+  backbone.
 
 Training loss of the one-loss path, on a batch ``{"source": (x_s, y_s), "target": (x_t, idx)}``
 forwarded as one ``[x_s; x_t]`` call inside :func:`lightning_da.norm.domain_split`:
 
-    L = CE(z_s, y_s) + trade_off * L_transfer(f, z) + sum_k w_k * L_k(z_t)
+    L = CE(z_s, y_s) + trade_off * L_transfer(step) + sum_k w_k * L_k(z_t)
 
 where ``L_k`` are the configured extra terms (``extra_losses={entropy: 0.1}``).
 
@@ -32,7 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import lightning as L
 import torch
@@ -40,18 +49,20 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from lightning_da.compat import batches_that_stepped
 from lightning_da.data.batches import cat_inputs, input_len
 from lightning_da.losses import ExtraLoss
 from lightning_da.models.grl import GradientReversal
 from lightning_da.models.heads import Bottleneck, Classifier
 from lightning_da.norm import DomainSplitError, domain_aware_layers, domain_split, norm_callbacks
-from lightning_da.optim import param_groups
+from lightning_da.optim import NORM_GATES, param_groups
 
 
 @dataclasses.dataclass(frozen=True)
 class Needs:
-    """What a method needs, declared once as the class attribute ``needs`` (an option that changes
-    it sets ``self.needs = dataclasses.replace(self.needs, ...)`` in ``__init__``)."""
+    """What a method needs, declared once as the class attribute ``needs``; a method whose needs
+    depend on an option overrides :meth:`DAMethod.needs_for`, which the builder and the built method
+    both read."""
 
     #: takes the configured backbone (False: builds its own parts from the data, e.g. HDA projectors)
     backbone: bool = True
@@ -65,6 +76,76 @@ class Needs:
     domain_split: bool = True
     #: False: nothing is trained, the model is evaluated as built
     trains: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimGroup:
+    """One named optimiser of a multi-step method (:meth:`DAMethod.optimizer_groups`).
+
+    modules: ``(name, module)`` pairs it updates; each is a parameter group with
+        ``lr = base lr * lr_mult[name]`` and ``group_options[name]`` (``lightning_da.optim.param_groups``).
+    param_groups: instead of ``modules``, ready torch parameter groups with their own learning rates
+        (M2CAN's per-part rates); ``lr_mult`` does not apply to them.
+    optimizer: a partial optimiser other than the configured ``optimizer`` (MCD's ``generator_optimizer``).
+    lr: a base learning rate other than the optimiser's ``lr`` (ADDA's ``pretrain_lr``).
+    epochs: ``(first, end)``, the epochs in which the group trains (``end`` None: to the end of the
+        run); a schedule that takes ``total_steps`` runs over this phase only, and counts from its start
+        because it steps only when the group does.
+    """
+
+    modules: list[tuple[str, nn.Module]] | None = None
+    param_groups: list[dict] | None = None
+    optimizer: Callable | None = None
+    lr: float | None = None
+    epochs: tuple[int, int | None] = (0, None)
+
+
+@dataclasses.dataclass
+class Step:
+    """What one training step of a one-loss method has (:meth:`SingleStepMethod.transfer_loss` gets it).
+
+    ``x_target`` is what the training forward takes for the target: the view(s) named by the
+    method's ``train_views``, concatenated (``views`` holds every view: ``weak``, and ``strong`` for
+    methods that ask for strong views). ``guidance`` is what :meth:`SingleStepMethod.guidance`
+    computed without gradients before the forward (a teacher's or the weak view's predictions).
+    ``features`` and ``logits`` are the forward's rows, ``n_source`` source rows first.
+    """
+
+    batch: dict
+    x_source: Any
+    y_source: torch.Tensor
+    x_target: Any
+    target_index: torch.Tensor | None
+    views: dict[str, Any]
+    n_source: int
+    guidance: Any = None
+    features: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+    @property
+    def source_logits(self) -> torch.Tensor:
+        return self.logits[:self.n_source]
+
+    @property
+    def target_logits(self) -> torch.Tensor:
+        return self.logits[self.n_source:]
+
+    @property
+    def source_features(self) -> torch.Tensor:
+        return self.features[:self.n_source]
+
+    @property
+    def target_features(self) -> torch.Tensor:
+        return self.features[self.n_source:]
+
+
+def configured_lr(factory: Callable) -> float | None:
+    """The ``lr`` a partial optimiser was configured with (None when it has none)."""
+    keywords = getattr(factory, "keywords", None)
+    if keywords is None:
+        raise TypeError(f"the optimizer config must build a partial optimiser (`_partial_: true`, e.g. "
+                        f"conf/optimizer/sgd.yaml); got {factory!r}")
+    return keywords.get("lr")
 
 
 class _FinishAfterInit(type):
@@ -142,9 +223,17 @@ class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
             raise ValueError(f"{type(self).__name__} does not use the option(s) {refused}: remove "
                              f"{', '.join('method.' + n for n in refused)} from the method config")
 
+    @classmethod
+    def needs_for(cls, options: Mapping[str, Any]) -> Needs:
+        """What the method needs when built with the constructor ``options`` (the method config): the
+        class's ``needs`` unless one of its options changes them."""
+        return cls.needs
+
     def finish_build(self) -> None:
-        """After every part is built: convert the feature path's norm layers (``norm``), then refuse
-        a domain-aware norm when the method cannot split its batches by domain."""
+        """After every part is built: settle ``needs`` for the options given, convert the feature
+        path's norm layers (``norm``), then refuse a domain-aware norm when the method cannot split
+        its batches by domain."""
+        self.needs = type(self).needs_for(self.hparams)
         norm, self._norm = self._norm, None
         if norm is not None:
             for name in self.norm_modules():
@@ -163,10 +252,14 @@ class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
         that :meth:`features_domains` runs inside the domain split (not heads or discriminators)."""
         return ["backbone", "bottleneck"]
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
+    def in_memory_format(self, x: Any) -> Any:
+        """``x`` in the model's memory format: image batches in ``channels_last`` when it is on."""
         if self.hparams.channels_last and isinstance(x, torch.Tensor) and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return self.bottleneck(self.backbone(x))
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bottleneck(self.backbone(self.in_memory_format(x)))
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         """The evaluation logits of ``features`` (every method says how it predicts)."""
@@ -209,7 +302,7 @@ class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
             return False
         # batches that stepped, as Lightning's logger counts them (global_step counts every
         # optimiser step, several per batch under manual optimisation)
-        batches = getattr(trainer.fit_loop.epoch_loop, "_batches_that_stepped", self.global_step)
+        batches = batches_that_stepped(trainer, self.global_step)
         return (batches + 1) % max(trainer.log_every_n_steps, 1) == 0
 
     def log_train(self, metrics: dict) -> None:
@@ -217,6 +310,22 @@ class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
         self.log_dict(metrics)
         if "train/loss" in metrics:
             self.log("loss", metrics["train/loss"], prog_bar=True, logger=False)
+
+    def with_extra_losses(self, loss: torch.Tensor, logs: dict | None, *target_logits: torch.Tensor) -> torch.Tensor:
+        """``loss`` plus the configured ``extra_losses`` on each of ``target_logits`` in turn (e.g. both
+        heads of a bi-classifier); ``loss`` itself when none are configured. With ``logs``, each term's
+        value (summed over the tensors) is logged there as ``train/loss_<name>``."""
+        if not self.extra:
+            return loss
+        logged: dict[str, torch.Tensor] = {}
+        for z in target_logits:
+            total, terms = self.extra(z)
+            loss = loss + total
+            for k, v in terms.items():
+                logged[k] = logged[k] + v.detach() if k in logged else v.detach()
+        if logs is not None:
+            logs.update({f"train/loss_{k}": v for k, v in logged.items()})
+        return loss
 
     def make_grl(self, alpha: float | None = 10.0, max_iters: int | None = None, lo: float = 0.0, hi: float = 1.0,
                  auto_step: bool = False) -> GradientReversal:
@@ -243,6 +352,14 @@ class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         for m in self._stepped_grls:
             m.step = self.global_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        """Manual optimisation: each schedule steps once for a batch in which its group stepped."""
+        stepped, self._stepped_groups = getattr(self, "_stepped_groups", []), []
+        for name in stepped:
+            scheduler = self._group_schedulers.get(name)
+            if scheduler is not None:
+                scheduler.step()
 
     def _hook_optimizer_steps(self) -> None:
         """Run :meth:`after_optimizer_step` after every optimiser step, automatic or manual: one
@@ -299,26 +416,106 @@ class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
 
     # ------------------------------------------------------------------ optimisation
     def optimizer_modules(self) -> list[tuple[str, nn.Module]]:
-        return list(self.named_children())
+        """The modules the optimiser updates, by name (one-loss methods: every child but the metrics)."""
+        return [(n, m) for n, m in self.named_children() if n != "eval_metrics"]
+
+    def optimizer_groups(self) -> dict[str, OptimGroup]:
+        """The method's optimisers by name. One-loss methods: one, ``main``, over :meth:`optimizer_modules`.
+        A multi-step method declares its own (e.g. MCD: ``{"G": backbone + bottleneck, "F": both heads}``)."""
+        return {"main": OptimGroup(self.optimizer_modules())}
+
+    def _check_group_names(self, groups: dict[str, OptimGroup]) -> None:
+        names = [n for g in groups.values() for n, _ in (g.modules or [])]
+        for what, given in (("lr_mult", self.lr_mult), ("group_options", self.group_options)):
+            unknown = sorted(set(given) - set(names) - {NORM_GATES})
+            if unknown:
+                raise ValueError(f"{what} names unknown modules {unknown}; {type(self).__name__} optimises {names}")
+
+    def build_optimizer(self, group: OptimGroup) -> torch.optim.Optimizer:
+        """The optimiser of one group: its parameter groups at its base lr, ``lr_mult`` and
+        ``group_options`` by module name."""
+        factory = group.optimizer or self.optimizer_factory
+        if group.param_groups is not None:
+            return factory(group.param_groups)
+        lr = group.lr if group.lr is not None else configured_lr(factory)
+        if lr is None:
+            lr = configured_lr(self.optimizer_factory)
+        if lr is None:
+            raise ValueError(f"{type(self).__name__}: the optimizer config has no lr (set optimizer.lr)")
+        names = {n for n, _ in group.modules} | {NORM_GATES}
+        mults = {k: v for k, v in self.lr_mult.items() if k in names}
+        options = {k: v for k, v in self.group_options.items() if k in names}
+        return factory(param_groups(group.modules, lr, mults, options), lr=lr)
 
     def configure_optimizers(self):
-        base_lr = self.optimizer_factory.keywords["lr"]
-        modules = [(n, m) for n, m in self.optimizer_modules() if n != "eval_metrics"]
-        optimizer = self.optimizer_factory(param_groups(modules, base_lr, self.lr_mult, self.group_options))
-        if self.scheduler_factory is None:
-            return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.make_scheduler(optimizer), "interval": "step"}}
+        """The declared groups' optimisers and, with a ``scheduler``, one schedule each. Automatic
+        optimisation (one group): Lightning steps the schedule every step; manual: the base does,
+        once per batch in which the group stepped (:meth:`update`)."""
+        groups = self.optimizer_groups()
+        self._check_group_names(groups)
+        optimizers = {name: self.build_optimizer(g) for name, g in groups.items()}
+        schedulers = ({name: self.make_scheduler(opt, groups[name]) for name, opt in optimizers.items()}
+                      if self.scheduler_factory is not None else {})
+        self._group_names = list(groups)
+        self._built_optimizers, self._group_schedulers = optimizers, schedulers
+        if self.automatic_optimization:
+            if len(groups) != 1:
+                raise TypeError(f"{type(self).__name__} declares {len(groups)} optimisers; set "
+                                "automatic_optimization = False and step them with self.update(loss, names)")
+            (name, optimizer), = optimizers.items()
+            if not schedulers:
+                return optimizer
+            return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedulers[name], "interval": "step"}}
+        return (list(optimizers.values()), list(schedulers.values())) if schedulers else list(optimizers.values())
 
-    def scheduler_list(self) -> list:
-        """The configured LR schedulers as a list (manual optimisation steps them itself)."""
-        schedulers = self.lr_schedulers()
-        return schedulers if isinstance(schedulers, list) else [schedulers] if schedulers is not None else []
+    def optimizer_for(self, name: str):
+        """The optimiser of group ``name`` (Lightning's wrapper inside a Trainer: precision and strategy
+        apply; the built optimiser outside one)."""
+        if name not in getattr(self, "_group_names", ()):
+            raise KeyError(f"{type(self).__name__} has no optimiser group {name!r}; it declares "
+                           f"{list(getattr(self, '_group_names', []))} (after configure_optimizers)")
+        if self._trainer is None:
+            return self._built_optimizers[name]
+        optimizers = self.optimizers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        return optimizers[self._group_names.index(name)]
 
-    def make_scheduler(self, optimizer: torch.optim.Optimizer):
-        """The configured schedule for ``optimizer`` (given the run's length if it asks for ``total_steps``)."""
+    def zero_grad_groups(self, *names: str) -> None:
+        for name in names:
+            self.optimizer_for(name).zero_grad()
+
+    def step_groups(self, *names: str) -> None:
+        """Step the named optimisers in order; their schedules step once at the end of the batch."""
+        stepped = self.__dict__.setdefault("_stepped_groups", [])
+        for name in names:
+            self.optimizer_for(name).step()
+            if name not in stepped:
+                stepped.append(name)
+
+    def update(self, loss: torch.Tensor, *names: str) -> None:
+        """``loss`` updates these groups: zero their gradients, back-propagate ``loss`` and step
+        them (in the order named); their schedules step once at the end of the batch."""
+        self.zero_grad_groups(*names)
+        self.manual_backward(loss)
+        self.step_groups(*names)
+
+    def schedule_length(self, group: OptimGroup | None = None) -> int:
+        """Steps of the run (or of ``group``'s phase) for a schedule that runs over ``total_steps``."""
+        total = self.total_steps("the learning-rate schedule")
+        first, end = group.epochs if group is not None else (0, None)
+        if first == 0 and end is None:
+            return total
+        per_epoch = int(self.trainer.num_training_batches)
+        start = min(first * per_epoch, total)
+        stop = total if end is None else min(end * per_epoch, total)
+        return max(stop - start, 1)
+
+    def make_scheduler(self, optimizer: torch.optim.Optimizer, group: OptimGroup | None = None):
+        """The configured schedule for ``optimizer`` (given the length of the run, or of ``group``'s
+        phase, if it asks for ``total_steps``)."""
         kwargs = {}
         if "total_steps" in inspect.signature(self.scheduler_factory).parameters and "total_steps" not in self.scheduler_factory.keywords:
-            kwargs["total_steps"] = self.total_steps("the learning-rate schedule")
+            kwargs["total_steps"] = self.schedule_length(group)
         return self.scheduler_factory(optimizer, **kwargs)
 
 
@@ -331,14 +528,19 @@ class SingleStepMethod(DAMethod):
     classifier_init: initialisation of the classifier (``default``, ``xavier``, ``normal``; None = default).
 
     A subclass builds its own parts in ``__init__`` after ``super().__init__()`` and writes only
-    :meth:`transfer_loss`; it may override :meth:`forward_domains` (what one step forwards) or
-    ``training_step`` (to prepare inputs, then call ``super().training_step``). A subclass whose
-    classifier is not one linear layer sets ``linear_classifier = False``, builds ``self.classifier``
-    itself and lists ``classifier_init`` in ``unused_options``.
+    :meth:`transfer_loss`, which gets the step's :class:`Step`. What the step forwards is declared:
+    ``train_views`` (which target view(s) the one ``[x_s; x_t]`` forward takes) and :meth:`guidance`
+    (no-grad predictions made before that forward, e.g. FixMatch's weak-view probabilities or a mean
+    teacher's); a subclass may override :meth:`forward_domains` (what the forward computes). A
+    subclass whose classifier is not one linear layer sets ``linear_classifier = False``, builds
+    ``self.classifier`` itself and lists ``classifier_init`` in ``unused_options``.
     """
 
     #: build the linear classifier ``Linear(features, num_classes)`` (False: the subclass builds its own)
     linear_classifier: bool = True
+    #: the target view(s) the training forward takes, concatenated in this order: ``"weak"`` (the
+    #: target batch itself when the data gives one view) and ``"strong"`` (with ``Needs(strong_view=True)``)
+    train_views: tuple[str, ...] = ("weak",)
 
     def __init__(self, *args, trade_off: float | None = None, classifier_init: str | None = None, **kwargs):
         self.refuse_unused({"trade_off": trade_off, "classifier_init": classifier_init})
@@ -347,27 +549,43 @@ class SingleStepMethod(DAMethod):
             self.classifier = Classifier(self.bottleneck.out_features, self.num_classes, init=classifier_init or "default")
         self.trade_off = 1.0 if trade_off is None else trade_off
 
+    def finish_build(self) -> None:
+        super().finish_build()
+        if "strong" in self.train_views and not self.needs.strong_view:
+            raise TypeError(f"{type(self).__name__} trains on the strong target view but does not declare "
+                            "Needs(strong_view=True)")
+
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(features)
 
-    def transfer_loss(self, features: torch.Tensor, logits: torch.Tensor, n_source: int) -> tuple[torch.Tensor, dict]:
-        """The method's adaptation loss on ``[source; target]`` features and logits (and extra logs)."""
+    def make_step(self, batch: dict) -> Step:
+        """The step's inputs: source ``(x, y)``, the target views and the target input of the forward."""
+        (xs, ys), (xt, idx) = batch["source"], batch["target"]
+        views = {"weak": xt[0], "strong": xt[1]} if self.needs.strong_view else {"weak": xt}
+        x_target = cat_inputs([views[v] for v in self.train_views])
+        return Step(batch=batch, x_source=xs, y_source=ys, x_target=x_target, target_index=idx, views=views,
+                    n_source=input_len(xs))
+
+    def guidance(self, step: Step) -> Any:
+        """What the loss learns from, computed without gradients before the training forward (None: nothing)."""
+        return None
+
+    def transfer_loss(self, step: Step) -> tuple[torch.Tensor, dict]:
+        """The method's adaptation loss for the step (and extra scalars to log)."""
         raise NotImplementedError
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        (xs, ys), (xt, _) = batch["source"], batch["target"]
-        f, z = self.forward_domains(xs, xt)
-        ns = input_len(xs)
-        loss_cls = F.cross_entropy(z[:ns], ys)
-        loss_transfer, logs = self.transfer_loss(f, z, ns)
-        loss = loss_cls + self.trade_off * loss_transfer
-        if self.extra:
-            loss_extra, terms = self.extra(z[ns:])
-            loss = loss + loss_extra
-            logs.update({f"train/loss_{k}": v for k, v in terms.items()})
+        step = self.make_step(batch)
+        with torch.no_grad():
+            step.guidance = self.guidance(step)
+        step.features, step.logits = self.forward_domains(step.x_source, step.x_target)
+        ys = step.y_source
+        loss_cls = F.cross_entropy(step.source_logits, ys)
+        loss_transfer, logs = self.transfer_loss(step)
+        loss = self.with_extra_losses(loss_cls + self.trade_off * loss_transfer, logs, step.target_logits)
         if self.logging_step():
             with torch.no_grad():
-                source_acc = (z[:ns].argmax(1) == ys).float().mean()
+                source_acc = (step.source_logits.argmax(1) == ys).float().mean()
             self.log_train({"train/loss": loss, "train/loss_cls": loss_cls, "train/loss_transfer": loss_transfer,
                             "train/source_acc": source_acc, **logs})
         return loss

@@ -16,5 +16,5 @@ from lightning_da.methods.base import SingleStepMethod
 
 
 class BNM(SingleStepMethod):
-    def transfer_loss(self, features, logits, n_source):
-        return batch_nuclear_norm(logits[n_source:]), {}
+    def transfer_loss(self, step):
+        return batch_nuclear_norm(step.target_logits), {}

@@ -31,7 +31,7 @@ class BSP(CDAN):
             raise ValueError(f"BSP's bsp_k (number of penalised singular values) must be >= 1, got {bsp_k}")
         self.bsp_weight, self.bsp_k = float(bsp_weight), int(bsp_k)
 
-    def transfer_loss(self, features, logits, n_source):
-        loss, logs = super().transfer_loss(features, logits, n_source)
-        penalty = batch_spectral_penalty(features[:n_source], features[n_source:], self.bsp_k)
+    def transfer_loss(self, step):
+        loss, logs = super().transfer_loss(step)
+        penalty = batch_spectral_penalty(step.source_features, step.target_features, self.bsp_k)
         return loss + self.bsp_weight * penalty, {**logs, "train/loss_bsp": penalty}

@@ -30,8 +30,6 @@ RandAugment(2, 10)); TLlib's is its training transform plus timm ``rand-m10-n2-m
 
 from __future__ import annotations
 
-import torch
-
 from lightning_da.losses.consistency import confusion_consistency
 from lightning_da.losses.regularizers import minimum_class_confusion
 from lightning_da.methods.base import Needs, SingleStepMethod
@@ -39,6 +37,7 @@ from lightning_da.methods.base import Needs, SingleStepMethod
 
 class CCLoss(SingleStepMethod):
     needs = Needs(strong_view=True)
+    train_views = ("weak", "strong")  # [x_s; x_weak; x_strong] in one forward
     unused_options = ("trade_off",)  # its terms have their own weights
 
     def __init__(self, *args, temperature: float = 2.5, threshold: float = 0.95, mcc_weight: float = 1.0,
@@ -46,18 +45,14 @@ class CCLoss(SingleStepMethod):
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         super().__init__(*args, **kwargs)
+        self.temperature, self.threshold = float(temperature), float(threshold)
+        self.mcc_weight, self.consistency_weight = float(mcc_weight), float(consistency_weight)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """The base step with the target part ``[x_weak; x_strong]``."""
-        (xs, ys), ((x_weak, x_strong), idx) = batch["source"], batch["target"]
-        return super().training_step({"source": (xs, ys), "target": (torch.cat([x_weak, x_strong]), idx)}, batch_idx)
-
-    def transfer_loss(self, features, logits, n_source):
-        z_weak, z_strong = logits[n_source:].chunk(2)
-        t = self.hparams.temperature
-        mcc = minimum_class_confusion(z_weak, t)
-        cons, mask = confusion_consistency(z_weak, z_strong, t, self.hparams.threshold)
-        loss = self.hparams.mcc_weight * mcc + self.hparams.consistency_weight * cons
+    def transfer_loss(self, step):
+        z_weak, z_strong = step.target_logits.chunk(2)
+        mcc = minimum_class_confusion(z_weak, self.temperature)
+        cons, mask = confusion_consistency(z_weak, z_strong, self.temperature, self.threshold)
+        loss = self.mcc_weight * mcc + self.consistency_weight * cons
         logs = {}
         if self.logging_step():
             logs = {"train/loss_mcc": mcc.detach(), "train/loss_consistency": cons.detach(),

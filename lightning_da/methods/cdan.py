@@ -48,9 +48,9 @@ class CDAN(SingleStepMethod):
             return (features @ self.random_f) * (probs @ self.random_g) / math.sqrt(self._randomized_dim)
         return multilinear_map(features, probs)
 
-    def transfer_loss(self, features, logits, n_source):
+    def transfer_loss(self, step):
         coeff = self.grl.coeff  # before the GRL call, which may step a warm-start schedule
-        probs = F.softmax(logits, dim=1).detach()
-        d = self.discriminator(self.grl(self.conditioning(features, probs)))
-        weights = entropy_weights(logits, n_source, coeff) if self.entropy_conditioning else None
-        return cdan_loss(d, n_source, weights), {"train/grl_coeff": coeff}
+        probs = F.softmax(step.logits, dim=1).detach()
+        d = self.discriminator(self.grl(self.conditioning(step.features, probs)))
+        weights = entropy_weights(step.logits, step.n_source, coeff) if self.entropy_conditioning else None
+        return cdan_loss(d, step.n_source, weights), {"train/grl_coeff": coeff}

@@ -65,12 +65,16 @@ class CMKD(DAMethod):
             raise ValueError("cmkd: baseline=true trains with the source CE only, so extra_losses would be ignored; "
                              "drop method.extra_losses or set method.baseline=false")
         self.fixmatch = {"enabled": False, "threshold": 0.95, "factor": 0.5, **(fixmatch or {})}
-        self.needs = dataclasses.replace(self.needs, strong_view=bool(self.fixmatch["enabled"]))
         rst = {"enabled": False, "tau": 1e-6, **(rst or {})}
         self.rst = ResidualSparseTraining(self.backbone, rst["tau"]) if rst["enabled"] else None
         for name, value in (("gini", gini), ("alpha_direction", alpha_direction)):
             if value not in ("code", "paper"):
                 raise ValueError(f"cmkd {name} must be 'code' (the CMKD code) or 'paper' (the manuscript), not {value!r}")
+
+    @classmethod
+    def needs_for(cls, options):
+        # fixmatch.enabled asks for (weak, strong) target views
+        return dataclasses.replace(cls.needs, strong_view=bool((options.get("fixmatch") or {}).get("enabled", False)))
 
     def classify(self, features: torch.Tensor) -> torch.Tensor:
         return self.classifier(features)
@@ -106,10 +110,7 @@ class CMKD(DAMethod):
             loss = loss + loss_task + loss_distill + loss_reg
             logs.update({"train/loss_task": loss_task, "train/loss_distill": loss_distill, "train/loss_reg": loss_reg,
                          "train/alpha": alpha.mean(), "train/lamb": lamb})
-            if self.extra:  # configured extra_losses act on the student head's target logits
-                loss_extra, terms = self.extra(zt)
-                loss = loss + loss_extra
-                logs.update({f"train/loss_{k}": v for k, v in terms.items()})
+            loss = self.with_extra_losses(loss, logs, zt)  # configured extra_losses: on the student's target logits
             if self.fixmatch["enabled"]:
                 thr, factor = self.fixmatch["threshold"], self.fixmatch["factor"]
                 fm_h, mask_h, _ = fixmatch_loss(self.classifier(f[2]), p_h, thr)

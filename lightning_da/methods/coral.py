@@ -33,6 +33,7 @@ class DeepCORAL(SingleStepMethod):
             raise ValueError(f"unknown CORAL form {form!r}; choose paper or tllib")
         self.layer, self.form = layer, form
 
-    def transfer_loss(self, features, logits, n_source):
-        z = logits if self.layer == "logits" else features
-        return coral_loss(z[:n_source], z[n_source:], self.form), {}
+    def transfer_loss(self, step):
+        if self.layer == "logits":
+            return coral_loss(step.source_logits, step.target_logits, self.form), {}
+        return coral_loss(step.source_features, step.target_features, self.form), {}

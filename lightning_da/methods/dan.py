@@ -35,5 +35,5 @@ class DAN(SingleStepMethod):
             raise ValueError(f"unknown MMD estimator {estimator!r}; choose one of {ESTIMATORS}")
         self.alphas, self.estimator, self.offset = tuple(float(a) for a in alphas), estimator, offset
 
-    def transfer_loss(self, features, logits, n_source):
-        return mk_mmd(features[:n_source], features[n_source:], self.alphas, self.estimator, self.offset), {}
+    def transfer_loss(self, step):
+        return mk_mmd(step.source_features, step.target_features, self.alphas, self.estimator, self.offset), {}

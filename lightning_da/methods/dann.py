@@ -23,7 +23,7 @@ class DANN(SingleStepMethod):
         self.grl = self.make_grl(**(grl or {}))
         self.discriminator = DomainDiscriminator(self.bottleneck.out_features, **(discriminator or {}))
 
-    def transfer_loss(self, features, logits, n_source):
+    def transfer_loss(self, step):
         coeff = self.grl.coeff  # before the GRL call, which may step a warm-start schedule
-        d = self.discriminator(self.grl(features))
-        return dann_loss(d[:n_source], d[n_source:]), {"train/grl_coeff": coeff}
+        d = self.discriminator(self.grl(step.features))
+        return dann_loss(d[:step.n_source], d[step.n_source:]), {"train/grl_coeff": coeff}

@@ -15,27 +15,24 @@ use joint source/target batch statistics instead).
 
 from __future__ import annotations
 
-import torch
-
 from lightning_da.losses import fixmatch_loss
 from lightning_da.methods.base import Needs, SingleStepMethod
 
 
 class FixMatch(SingleStepMethod):
     needs = Needs(strong_view=True)
+    train_views = ("strong",)
 
     def __init__(self, *args, threshold: float = 0.9, strict: bool = True, **kwargs):
         super().__init__(*args, **kwargs)
         if not 0.0 <= threshold <= 1.0:
             raise ValueError(f"fixmatch threshold must be in [0, 1], got {threshold}")
+        self.threshold, self.strict = float(threshold), bool(strict)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """Pseudo labels from the weak view, then the base step on ``[x_s; x_strong]``."""
-        (xs, ys), ((x_weak, x_strong), idx) = batch["source"], batch["target"]
-        with torch.no_grad():
-            self._probs_weak = self.forward_domains(xs, x_weak)[1][len(ys):].softmax(-1)
-        return super().training_step({"source": (xs, ys), "target": (x_strong, idx)}, batch_idx)
+    def guidance(self, step):
+        """The weak view's probabilities, from ``[x_s; x_weak]`` (the library's domain split)."""
+        return self.forward_domains(step.x_source, step.views["weak"])[1][step.n_source:].softmax(-1)
 
-    def transfer_loss(self, features, logits, n_source):
-        loss, mask, _ = fixmatch_loss(logits[n_source:], self._probs_weak, self.hparams.threshold, self.hparams.strict)
+    def transfer_loss(self, step):
+        loss, mask, _ = fixmatch_loss(step.target_logits, step.guidance, self.threshold, self.strict)
         return loss, {"train/pseudo_label_ratio": mask.float().mean()}

@@ -47,9 +47,9 @@ class JAN(SingleStepMethod):
         if adversarial:
             self.lr_mult.setdefault("thetas", 0.1)  # TLlib: the thetas' group has lr 0.1 x the base lr
 
-    def transfer_loss(self, features, logits, n_source):
-        layers = [features, F.softmax(logits, dim=1)]
+    def transfer_loss(self, step):
+        layers = [step.features, F.softmax(step.logits, dim=1)]
         if self.thetas is not None:
             layers = [theta(z) for theta, z in zip(self.thetas, layers)]
-        ns = n_source
+        ns = step.n_source
         return jmmd([z[:ns] for z in layers], [z[ns:] for z in layers], self.kernels, self.estimator, self.offset), {}

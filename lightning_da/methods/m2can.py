@@ -50,7 +50,7 @@ from lightning_da.data.batches import cat_inputs, input_len
 from lightning_da.losses import multilinear_map
 from lightning_da.losses.multimodal import cdcfa_loss, cmcfa_loss, soft_label_domain_loss, uacr_rate, uacr_select
 from lightning_da.losses.regularizers import minimum_class_confusion
-from lightning_da.methods.base import DAMethod, Needs
+from lightning_da.methods.base import DAMethod, Needs, OptimGroup
 from lightning_da.models.grl import GradientReversal
 from lightning_da.models.multimodal import ModalityHead, MultiHeadClassifier, PairDiscriminator, TwoBranchNet
 from lightning_da.optim import SAMPerturbation
@@ -153,10 +153,7 @@ class M2CAN(DAMethod):
             loss_mcc = minimum_class_confusion(fused[-1][1], self.hparams.mcc_temperature)
             loss = loss + self.hparams.w_mcc * loss_mcc
             logs["train/loss_mcc"] = loss_mcc.detach()
-            if self.extra:  # configured extra_losses act on the target's fused logits, like MCC
-                loss_extra, terms = self.extra(fused[-1][1])
-                loss = loss + loss_extra
-                logs.update({f"train/loss_{k}": v.detach() for k, v in terms.items()})
+            loss = self.with_extra_losses(loss, logs, fused[-1][1])  # configured extra_losses: like MCC
         if adversarial:
             pos = {d: i for i, d in enumerate(domain_ids)}
             terms = []
@@ -172,7 +169,6 @@ class M2CAN(DAMethod):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        opt, opt_d = self.optimizers()
         domains = [(x, y) for x, y in batch["sources"]]
         ids = list(range(len(domains)))
         if self.current_epoch >= self.hparams.source_only_epochs and self.store.has_labels:
@@ -183,19 +179,16 @@ class M2CAN(DAMethod):
                                    "only UACR-selected samples")
             domains.append((xt, yt))
             ids.append(self.n_sources)
-        opt.zero_grad()
-        opt_d.zero_grad()
+        self.zero_grad_groups("main", "discriminators")
         loss1, logs = self.domain_losses(domains, ids, adversarial=False)
         self.manual_backward(loss1)
         self.sam.perturb()
-        opt.zero_grad()
+        self.zero_grad_groups("main")
         loss2, logs2 = self.domain_losses(domains, ids, adversarial=True)
         self.manual_backward(loss2)
-        opt_d.step()
+        self.step_groups("discriminators")
         self.sam.restore()
-        opt.step()
-        for s in self.scheduler_list():
-            s.step()
+        self.step_groups("main")
         if self.logging_step():
             self.log_train({"train/loss": loss2.detach(), **logs, "train/loss_transfer": logs2["train/loss_transfer"],
                             "train/grl_coeff": self.grls[0].coeff, "train/target_in_batch": float(len(ids) > self.n_sources)})
@@ -229,7 +222,10 @@ class M2CAN(DAMethod):
             enc.save_cache()
 
     # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self):
+    def optimizer_groups(self) -> dict[str, OptimGroup]:
+        """``main``: the branches, extractors, fusion and heads at their own rates (``lr``); and
+        ``discriminators``: one parameter group per domain pair (source pairs at ``lr.disc_sources``,
+        source-target pairs at ``lr.disc_target``). Both use the configured optimiser (Adam)."""
         bb = self.backbone
         named = [("backbone", list(bb.branch_t.parameters()) + list(bb.branch_v.parameters())),
                  ("extractor", list(bb.extractor_t.parameters()) + list(bb.extractor_v.parameters())),
@@ -243,9 +239,5 @@ class M2CAN(DAMethod):
         disc_groups = [{"params": list(d.parameters()), "name": f"disc_{a}_{b}",
                         "lr": self.lrs["disc_target" if b == self.n_sources else "disc_sources"]}
                        for d, (a, b) in zip(self.discriminators, self.pairs)]
-        opt = self.optimizer_factory(groups)
-        opt_d = self.optimizer_factory(disc_groups)
         self.sam = SAMPerturbation([p for g in groups for p in g["params"]], self.hparams.sam_rho)
-        if self.scheduler_factory is None:
-            return [opt, opt_d]
-        return [opt, opt_d], [self.make_scheduler(o) for o in (opt, opt_d)]
+        return {"main": OptimGroup(param_groups=groups), "discriminators": OptimGroup(param_groups=disc_groups)}

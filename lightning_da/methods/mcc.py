@@ -25,5 +25,5 @@ class MCC(SingleStepMethod):
             raise ValueError(f"MCC's temperature must be positive, got {temperature}")
         self.temperature = float(temperature)
 
-    def transfer_loss(self, features, logits, n_source):
-        return minimum_class_confusion(logits[n_source:], self.temperature), {}
+    def transfer_loss(self, step):
+        return minimum_class_confusion(step.target_logits, self.temperature), {}

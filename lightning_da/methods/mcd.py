@@ -17,9 +17,11 @@ BatchNorm, in G and in the heads, uses per-domain batch statistics, and the runn
 at evaluation lean to the target (the last updates of each batch are C's). A domain-aware ``norm``
 (dsbn/transnorm/rn) needs ``"joint"``: it splits the joint batch itself.
 
-Prediction is ``argmax(F1 + F2)`` (sum of logits). G and the heads have their own optimisers:
-``optimizer`` for the heads and ``generator_optimizer`` (default: the same) for G. In step B, G
-runs without gradients (its gradients were discarded in the original code anyway).
+Prediction is ``argmax(F1 + F2)`` (sum of logits). G and the heads are two named optimiser groups
+(:meth:`optimizer_groups`): ``F`` with ``optimizer`` and ``G`` with ``generator_optimizer`` (default:
+the same); each step is "this loss updates these groups" (:meth:`~lightning_da.methods.base.DAMethod.update`),
+and each group's schedule steps once per batch. In step B, G runs without gradients (its gradients
+were discarded in the original code anyway).
 Subclasses add terms to each step through :meth:`step_terms`; configured ``extra_losses`` are
 added to step A on both heads' target logits.
 """
@@ -31,17 +33,15 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 
-from lightning_da.losses.bi_classifier import classifier_discrepancy
-from lightning_da.methods.base import DAMethod
-from lightning_da.models.heads import MLPClassifier
 from lightning_da.data.batches import target_indices
-from lightning_da.optim import NORM_GATES, param_groups
+from lightning_da.losses.bi_classifier import classifier_discrepancy
+from lightning_da.methods.base import DAMethod, OptimGroup
+from lightning_da.models.heads import MLPClassifier
 
 
 class MCD(DAMethod):
     automatic_optimization = False
     hparams_ignore = ("generator_optimizer",)
-    unused_options = ("group_options",)
 
     def __init__(self, *args, num_k: int = 4, w_dis: float = 1.0, head: dict | None = None,
                  generator_optimizer=None, domain_forward: str = "joint", **kwargs):
@@ -51,10 +51,14 @@ class MCD(DAMethod):
         d, c = self.bottleneck.out_features, self.num_classes
         self.classifier = MLPClassifier(d, c, **(head or {}))
         self.classifier2 = MLPClassifier(d, c, **(head or {}))
-        self.needs = dataclasses.replace(self.needs, domain_split=domain_forward == "joint")
         self.domain_forward = domain_forward
         self.num_k, self.w_dis = num_k, w_dis
         self.generator_optimizer_factory = generator_optimizer
+
+    @classmethod
+    def needs_for(cls, options):
+        # "separate" forwards each domain on its own: there is no joint batch to split
+        return dataclasses.replace(cls.needs, domain_split=options.get("domain_forward", "joint") == "joint")
 
     def domain_split_refusal(self) -> str:
         return (f"{type(self).__name__} with domain_forward=separate already normalises each domain on its own and "
@@ -94,50 +98,39 @@ class MCD(DAMethod):
         use_s, use_t = self.step_domains(step)
         return (xs if use_s else None), ys, (xt if use_t else None), (len(ys) if use_s else 0)
 
-    def step_a(self, batch, opt_g, opt_f) -> dict:
+    def step_a(self, batch) -> dict:
         xs, ys, xt, ns = self.step_inputs(batch, "A")
         f, z1, z2 = self.forward_heads(xs, xt)
         loss_cls = F.cross_entropy(z1[:ns], ys) + F.cross_entropy(z2[:ns], ys)
         extra, logs = self.step_terms("A", f, z1, z2, ns, batch)
-        if self.extra:  # configured extra_losses act on both heads' target logits in step A
-            extra = extra + self.extra(z1[ns:])[0] + self.extra(z2[ns:])[0]
-        opt_g.zero_grad()
-        opt_f.zero_grad()
-        self.manual_backward(loss_cls + extra)
-        opt_g.step()
-        opt_f.step()
+        # configured extra_losses act on both heads' target logits in step A (not logged: MCD logs its steps' terms)
+        loss = loss_cls + self.with_extra_losses(extra, None, z1[ns:], z2[ns:])
+        self.update(loss, "G", "F")
         return {"train/loss_cls": loss_cls.detach(), **logs}
 
-    def step_b(self, batch, opt_f) -> dict:
+    def step_b(self, batch) -> dict:
         xs, ys, xt, ns = self.step_inputs(batch, "B")
         f, z1, z2 = self.forward_heads(xs, xt, generator_grad=False)
         disc = classifier_discrepancy(z1[ns:], z2[ns:])
         extra, logs = self.step_terms("B", f, z1, z2, ns, batch)
         loss = F.cross_entropy(z1[:ns], ys) + F.cross_entropy(z2[:ns], ys) - self.w_dis * disc + extra
-        opt_f.zero_grad()
-        self.manual_backward(loss)
-        opt_f.step()
+        self.update(loss, "F")
         return {"train/discrepancy_heads": disc.detach(), **logs}
 
-    def step_c(self, batch, opt_g) -> dict:
+    def step_c(self, batch) -> dict:
         xs, _, xt, ns = self.step_inputs(batch, "C")
         logs = {}
         for _ in range(self.num_k):
             f, z1, z2 = self.forward_heads(xs, xt)
             disc = classifier_discrepancy(z1[ns:], z2[ns:])
             extra, logs = self.step_terms("C", f, z1, z2, ns, batch)
-            opt_g.zero_grad()
-            self.manual_backward(self.w_dis * disc + extra)
-            opt_g.step()
+            self.update(self.w_dis * disc + extra, "G")
         return {"train/loss_transfer": disc.detach(), **logs}
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        opt_g, opt_f = self.optimizers()
-        logs = self.step_a(batch, opt_g, opt_f)
-        logs.update(self.step_b(batch, opt_f))
-        logs.update(self.step_c(batch, opt_g))
-        for scheduler in self.scheduler_list():
-            scheduler.step()
+        logs = self.step_a(batch)
+        logs.update(self.step_b(batch))
+        logs.update(self.step_c(batch))
         if self.logging_step():
             logs["train/loss"] = logs["train/loss_cls"] + logs["train/loss_transfer"]
             self.log_train(logs)
@@ -146,22 +139,7 @@ class MCD(DAMethod):
     def generator_modules(self) -> list[tuple[str, torch.nn.Module]]:
         return [("backbone", self.backbone), ("bottleneck", self.bottleneck)]
 
-    def configure_optimizers(self):
-        heads = [("classifier", self.classifier), ("classifier2", self.classifier2)]
-        unknown = sorted(set(self.lr_mult) - {n for n, _ in [*self.generator_modules(), *heads]} - {NORM_GATES})
-        if unknown:
-            raise ValueError(f"lr_mult names unknown modules {unknown}; {type(self).__name__} optimises "
-                             f"{[n for n, _ in [*self.generator_modules(), *heads]]}")
-        base_lr = self.optimizer_factory.keywords["lr"]
-        g_factory = self.generator_optimizer_factory or self.optimizer_factory
-        g_lr = g_factory.keywords.get("lr", base_lr)
-        opt_g = g_factory(param_groups(self.generator_modules(), g_lr, self._known_mults(self.generator_modules())))
-        opt_f = self.optimizer_factory(param_groups(heads, base_lr, self._known_mults(heads)))
-        if self.scheduler_factory is None:
-            return [opt_g, opt_f]
-        schedulers = [self.make_scheduler(opt) for opt in (opt_g, opt_f)]
-        return [opt_g, opt_f], schedulers
-
-    def _known_mults(self, modules) -> dict:
-        names = {n for n, _ in modules} | {NORM_GATES}
-        return {k: v for k, v in self.lr_mult.items() if k in names}
+    def optimizer_groups(self) -> dict[str, OptimGroup]:
+        """``G`` (the generator, ``generator_optimizer``) and ``F`` (both heads, ``optimizer``)."""
+        return {"G": OptimGroup(self.generator_modules(), optimizer=self.generator_optimizer_factory),
+                "F": OptimGroup([("classifier", self.classifier), ("classifier2", self.classifier2)])}

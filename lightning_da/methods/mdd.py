@@ -66,8 +66,8 @@ class MDD(SingleStepMethod):
                     nn.init.zeros_(m.bias)
         return head
 
-    def transfer_loss(self, features, logits, n_source):
+    def transfer_loss(self, step):
         coeff = self.grl.coeff
-        adv_logits = self.adv_head(self.grl(features))
-        loss, loss_s, loss_t = margin_disparity_discrepancy(logits, adv_logits, n_source, self.margin)
+        adv_logits = self.adv_head(self.grl(step.features))
+        loss, loss_s, loss_t = margin_disparity_discrepancy(step.logits, adv_logits, step.n_source, self.margin)
         return loss, {"train/grl_coeff": coeff, "train/mdd_source": loss_s, "train/mdd_target": loss_t}

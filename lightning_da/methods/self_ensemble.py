@@ -51,6 +51,7 @@ from lightning_da.methods.base import Needs, SingleStepMethod
 
 class SelfEnsemble(SingleStepMethod):
     needs = Needs(strong_view=True, domain_split=False)
+    train_views = ("strong",)  # the student's view; the teacher sees the weak one (guidance)
     unused_options = ("trade_off",)  # its terms have their own weights
 
     def __init__(self, *args, ema_alpha: float = 0.99, threshold: float = 0.8, consistency_weight: float = 3.0,
@@ -60,6 +61,8 @@ class SelfEnsemble(SingleStepMethod):
         if predict_with not in ("student", "teacher"):
             raise ValueError(f"predict_with must be 'student' or 'teacher', got {predict_with!r}")
         super().__init__(*args, **kwargs)
+        self.ema_alpha, self.threshold, self.predict_with = float(ema_alpha), float(threshold), predict_with
+        self.consistency_weight, self.class_balance_weight = float(consistency_weight), float(class_balance_weight)
 
     def finish_build(self) -> None:
         """After the norm conversion: the teacher, a frozen copy of the converted student."""
@@ -78,26 +81,23 @@ class SelfEnsemble(SingleStepMethod):
     def optimizer_modules(self) -> list[tuple[str, nn.Module]]:
         return [(n, m) for n, m in super().optimizer_modules() if n != "teacher"]
 
-    def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
-        if self.hparams.channels_last and x.ndim == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
+    def teacher_features(self, x: torch.Tensor) -> torch.Tensor:
         t = self.teacher
-        return t["classifier"](t["bottleneck"](t["backbone"](x)))
+        return t["bottleneck"](t["backbone"](self.in_memory_format(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.predict_features(x)[1]
 
     def predict_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.hparams.predict_with == "teacher":
-            t = self.teacher
-            f = t["bottleneck"](t["backbone"](x))
-            return f, t["classifier"](f)
+        if self.predict_with == "teacher":
+            f = self.teacher_features(x)
+            return f, self.teacher["classifier"](f)
         return super().predict_features(x)
 
     @torch.no_grad()
     def update_teacher(self) -> None:
         """``theta' <- alpha theta' + (1 - alpha) theta`` over the parameters (not the buffers)."""
-        alpha = self.hparams.ema_alpha
+        alpha = self.ema_alpha
         for name in ("backbone", "bottleneck", "classifier"):
             teacher = list(self.teacher[name].parameters())
             student = list(getattr(self, name).parameters())
@@ -108,20 +108,17 @@ class SelfEnsemble(SingleStepMethod):
         super().after_optimizer_step()
         self.update_teacher()
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        """Teacher probabilities on the weak view, then the base step on ``[x_s; x_strong]``."""
-        (xs, ys), ((x_weak, x_strong), idx) = batch["source"], batch["target"]
-        with torch.no_grad():
-            self._teacher_probs = self.teacher_logits(x_weak).softmax(1)
-        return super().training_step({"source": (xs, ys), "target": (x_strong, idx)}, batch_idx)
+    def guidance(self, step):
+        """The teacher's probabilities on the weak view."""
+        return self.teacher["classifier"](self.teacher_features(step.views["weak"])).softmax(1)
 
-    def transfer_loss(self, features, logits, n_source):
-        q = self._teacher_probs
-        p = logits[n_source:].softmax(1)
-        mask = (q.amax(1) > self.hparams.threshold).float()
+    def transfer_loss(self, step):
+        q = step.guidance
+        p = step.target_logits.softmax(1)
+        mask = (q.amax(1) > self.threshold).float()
         cons = squared_consistency(p, q, mask)
         balance = class_balance_loss(p) * mask.mean()
-        loss = self.hparams.consistency_weight * cons + self.hparams.class_balance_weight * balance
+        loss = self.consistency_weight * cons + self.class_balance_weight * balance
         logs = {}
         if self.logging_step():
             logs = {"train/loss_consistency": cons.detach(), "train/loss_class_balance": balance.detach(),

@@ -28,11 +28,12 @@ Source-free UDA in two phases, both in one run (one command reproduces a number)
 
 Structure: a multi-step method on :class:`~lightning_da.methods.base.DAMethod` (not the one-loss
 ``SingleStepMethod`` path: its two phases forward one domain each and step different parameter sets),
-one ``training_step`` branching on the phase, Lightning manual optimisation with two optimisers built from ``optimizer``, one over
-G + B + C (source phase) and one over G + B (target phase), so the target phase starts with fresh
-momentum buffers like SHOT's new optimiser, and each with its own schedule, stepped only in its
-phase: a schedule that takes ``total_steps`` (``scheduler=dann``: ``lr_0 (1 + 10 p)^-0.75``, SHOT's
-``lr_scheduler``) gets that phase's length, so the decay restarts at the target phase as in SHOT.
+one ``training_step`` branching on the phase, and two named optimiser groups built from ``optimizer``
+(:meth:`optimizer_groups`): ``source`` over G + B + C for the source epochs and ``target`` over G + B
+for the rest, so the target phase starts with fresh momentum buffers like SHOT's new optimiser, and
+each with its own schedule, stepped only in its phase: a schedule that takes ``total_steps``
+(``scheduler=dann``: ``lr_0 (1 + 10 p)^-0.75``, SHOT's ``lr_scheduler``) gets that phase's length,
+so the decay restarts at the target phase as in SHOT.
 
 Defaults are the SHOT digits script's (``digit/uda_digit.py``, ``digit.sh``): smooth 0.1, ent_par 1,
 gent on, cls_par 0.1 (``digit.sh``; the argparse default is 0.3), two clustering rounds, a new pseudo
@@ -53,7 +54,6 @@ Flags and deviations:
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import logging
 import math
 
@@ -61,9 +61,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.losses.shot import shot_target_loss
-from lightning_da.methods.base import DAMethod, Needs
+from lightning_da.methods.base import DAMethod, Needs, OptimGroup
 from lightning_da.models.shot_heads import WeightNormClassifier
-from lightning_da.optim import param_groups
 from lightning_da.data.batches import target_indices
 from lightning_da.pseudo_labels import PseudoLabelStore, cluster_dataset
 
@@ -76,7 +75,7 @@ class SHOT(DAMethod):
     needs = dataclasses.replace(Needs(), domain_split=False)
     #: the target phase is source-free with its own objective (SHOT weighs its terms by ent_par /
     #: cls_par; trade_off and classifier_init, SingleStepMethod's options, are refused as unknown)
-    unused_options = ("extra_losses", "group_options")
+    unused_options = ("extra_losses",)
 
     def __init__(self, *args, source_epochs: int, smooth: float = 0.1, ent_par: float = 1.0, gent: float = 1.0,
                  cls_par: float = 0.1, pseudo: dict | None = None, **kwargs):
@@ -109,43 +108,30 @@ class SHOT(DAMethod):
         return self.current_epoch < self.source_epochs
 
     def training_step(self, batch: dict, batch_idx: int) -> None:
-        opt_source, opt_target = self.optimizers()
-        schedulers = self.scheduler_list()
-        if self.in_source_phase():
-            logs = self.source_step(batch, opt_source)
-            scheduler = schedulers[0] if schedulers else None
-        else:
-            logs = self.target_step(batch, opt_target)
-            scheduler = schedulers[1] if schedulers else None
-        if scheduler is not None:
-            scheduler.step()
+        logs = self.source_step(batch) if self.in_source_phase() else self.target_step(batch)
         if logs:
             self.log_train(logs)
 
-    def source_step(self, batch: dict, opt) -> dict:
+    def source_step(self, batch: dict) -> dict:
         """Phase 1: label-smoothed CE on the source half only."""
         xs, ys = batch["source"]
         z = self(xs)
         loss = F.cross_entropy(z, ys, label_smoothing=self.smooth)
-        opt.zero_grad()
-        self.manual_backward(loss)
-        opt.step()
+        self.update(loss, "source")
         if not self.logging_step():
             return {}
         with torch.no_grad():
             acc = (z.argmax(1) == ys).float().mean()
         return {"train/loss": loss.detach(), "train/loss_cls": loss.detach(), "train/source_acc": acc}
 
-    def target_step(self, batch: dict, opt) -> dict:
+    def target_step(self, batch: dict) -> dict:
         """Phase 2: the SHOT objective on the target half only (``batch["source"]`` is not read)."""
         xt, idx = target_indices(batch["target"])
         z = self(xt)
         # the buffer indexed directly: the store's own lookup checks the range on the host (a sync)
         y_hat = self.pseudo_labels.labels[idx] if self.cls_par else None
         loss, terms = shot_target_loss(z, y_hat, ent_par=self.ent_par, gent=self.gent, cls_par=self.cls_par)
-        opt.zero_grad()
-        self.manual_backward(loss)
-        opt.step()
+        self.update(loss, "target")
         if not self.logging_step():
             return {}
         return {"train/loss": loss.detach(), **{f"train/loss_{k}": v.detach() for k, v in terms.items()}}
@@ -181,20 +167,8 @@ class SHOT(DAMethod):
         self.pseudo_labels.update(*cluster_dataset(self, loader, self.pseudo_cfg["rounds"]))
 
     # ------------------------------------------------------------------ optimisers
-    def configure_optimizers(self):
-        base_lr = self.optimizer_factory.keywords["lr"]
+    def optimizer_groups(self) -> dict[str, OptimGroup]:
+        """``source`` (G + B + C, the source epochs) and ``target`` (G + B, the remaining epochs)."""
         extractor = [("backbone", self.backbone), ("bottleneck", self.bottleneck)]
-        modules = [*extractor, ("classifier", self.classifier)]
-        opt_source = self.optimizer_factory(param_groups(modules, base_lr, self.lr_mult))
-        target_mult = {k: v for k, v in self.lr_mult.items() if k != "classifier"}
-        opt_target = self.optimizer_factory(param_groups(extractor, base_lr, target_mult))
-        if self.scheduler_factory is None:
-            return [opt_source, opt_target]
-        kwargs = [{}, {}]
-        if ("total_steps" in inspect.signature(self.scheduler_factory).parameters
-                and "total_steps" not in self.scheduler_factory.keywords):
-            total = self.total_steps("the learning-rate schedule")
-            source_steps = min(self.source_epochs * int(self.trainer.num_training_batches), total)
-            kwargs = [{"total_steps": max(source_steps, 1)}, {"total_steps": max(total - source_steps, 1)}]
-        schedulers = [self.scheduler_factory(opt, **kw) for opt, kw in zip((opt_source, opt_target), kwargs)]
-        return [opt_source, opt_target], schedulers
+        return {"source": OptimGroup([*extractor, ("classifier", self.classifier)], epochs=(0, self.source_epochs)),
+                "target": OptimGroup(extractor, epochs=(self.source_epochs, None))}

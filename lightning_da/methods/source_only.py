@@ -20,15 +20,20 @@ class SourceOnly(SingleStepMethod):
 
     def __init__(self, *args, forward_target: bool = False, **kwargs):
         super().__init__(*args, **kwargs)
-        self.needs = dataclasses.replace(self.needs, domain_split=forward_target)
+        self.forward_target = forward_target
         if self.extra and not forward_target:
             raise ValueError("source_only: extra_losses act on target logits; set method.forward_target=true")
 
-    def transfer_loss(self, features, logits, n_source):
-        return features.new_zeros(()), {}
+    @classmethod
+    def needs_for(cls, options):
+        # the domain split exists only when the target is forwarded with the source
+        return dataclasses.replace(cls.needs, domain_split=bool(options.get("forward_target", False)))
+
+    def transfer_loss(self, step):
+        return step.features.new_zeros(()), {}
 
     def forward_domains(self, xs: torch.Tensor, xt: torch.Tensor):
-        if self.hparams.forward_target:
+        if self.forward_target:
             return super().forward_domains(xs, xt)
         f = self.features(xs)
         return f, self.classify(f)
