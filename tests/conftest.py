@@ -19,7 +19,7 @@ OFFICE_IMAGES = SHARED_DATA / "office_caltech10" / "images"
 QUICK = ["trainer.max_epochs=1", "data.iters_per_epoch=4", "data.batch_size=16", "trainer.enable_progress_bar=false",
          "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2", "data.eval_batch_size=64",
          "trainer.log_every_n_steps=1", "callbacks.validators.max_samples=300", "callbacks.visuals.max_per_domain=40",
-         "callbacks.visuals.iters=60"]
+         "callbacks.visuals.iters=250"]
 
 
 def snapshot(model) -> dict:

@@ -14,8 +14,8 @@ import torch
 from conftest import QUICK, ROOT, make_cfg
 from lightning_da.train import build, train
 from lightning_da.validators import VALIDATORS
-from lightning_da.validators.scores import (adjusted_mutual_information, bnm_score, dev_score, domain_probabilities,
-                                            entropy_score, im_score, kmeans, snd_score)
+from lightning_da.validators.scores import (bnm_score, class_ami_score, dev_score, domain_probabilities, entropy_score,
+                                            im_score, snd_score)
 
 
 def softmax(z):
@@ -82,22 +82,22 @@ def ami_reference(a, b):
     return (mi - emi) / (0.5 * (h(ra) + h(cb)) - emi)
 
 
-def test_ami_against_reference():
+def test_class_ami_against_reference():
+    """Separated feature blobs: k-means recovers the blobs (up to relabelling), so ClassAMI equals the
+    reference AMI between the blob labels and the predictions."""
     rng = np.random.default_rng(0)
-    a = rng.integers(0, 3, 40)
-    b = np.where(rng.random(40) < 0.7, a, rng.integers(0, 4, 40))
-    assert adjusted_mutual_information(a, b) == pytest.approx(ami_reference(list(a), list(b)), rel=1e-6)
-    assert adjusted_mutual_information(a, (a + 1) % 3) == pytest.approx(1.0)   # a relabelling
-    noise = [adjusted_mutual_information(rng.integers(0, 4, 200), rng.integers(0, 4, 200)) for _ in range(5)]
-    assert abs(np.mean(noise)) < 0.02
-
-
-def test_kmeans_finds_separated_blobs():
-    torch.manual_seed(0)
-    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
-    labels = torch.arange(3).repeat_interleave(20)
-    x = centres[labels] + 0.3 * torch.randn(60, 2)
-    assert adjusted_mutual_information(kmeans(x, 3).numpy(), labels.numpy()) == pytest.approx(1.0)
+    labels = np.repeat(np.arange(3), 20)
+    directions = 10 * np.eye(3, 8)                        # blobs apart in direction (the score L2-normalises)
+    features = torch.tensor(directions[labels] + 0.3 * rng.standard_normal((60, 8)), dtype=torch.float32)
+    pred = np.where(rng.random(60) < 0.7, labels, rng.integers(0, 3, 60))
+    logits = torch.nn.functional.one_hot(torch.tensor(pred), 3).float()
+    assert class_ami_score(features, logits) == pytest.approx(ami_reference(list(labels), list(pred)), rel=1e-6)
+    relabelled = torch.nn.functional.one_hot(torch.tensor((labels + 1) % 3), 3).float()
+    assert class_ami_score(features, relabelled) == pytest.approx(1.0)
+    noise = [class_ami_score(torch.tensor(rng.standard_normal((200, 8)), dtype=torch.float32),
+                             torch.randn(200, 4, generator=torch.Generator().manual_seed(s))) for s in range(5)]
+    assert abs(np.mean(noise)) < 0.02                     # unrelated clusterings: AMI ~ 0
+    assert math.isfinite(class_ami_score(torch.randn(3, 8), torch.randn(3, 10)))   # fewer rows than classes
 
 
 def test_validators_in_a_run_and_as_monitor(tmp_path):
