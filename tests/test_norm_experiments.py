@@ -5,13 +5,10 @@ real digits, and the Office-Caltech10 comparison on real images with EfficientNe
 import pytest
 import torch
 
-from conftest import QUICK, SHARED_DATA, make_cfg, needs_shared
+from conftest import FEW, SHARED_DATA, SMALL_IMAGES, make_cfg, needs_shared
 from lightning_da.train import train
 
 pytestmark = pytest.mark.slow
-FEW = [*QUICK, "data.iters_per_epoch=2", "data.batch_size=4", "trainer.max_epochs=1"]
-SMALL_IMAGES = ["data.domain_args.transform.resize=72", "data.domain_args.transform.crop=64", "data.num_workers=0",
-                "data.pin_memory=false", "data.persistent_workers=false"]
 
 
 def rn_layers(results) -> int:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PARTS = {"environment": ["versions"], "digits": ["DANN", "CDAN+E"],
          "throughput": [f"{k} {v}" for v in ("fp32", "bf16", "bf16+channels_last", "bf16+channels_last+compile")
                         for k in ("dann", "ceiling")] + ["dann norm=rn fp32", "dann norm=rn bf16"]

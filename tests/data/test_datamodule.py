@@ -1,15 +1,15 @@
-"""The DataModule: pairing, epoch length, drop_last, indices, multi-source, and the input errors."""
+"""The DataModule (data/datamodule.py): pairing, epoch length, drop_last, indices, multi-source, and the
+input errors."""
 
 from functools import partial
 
 import pytest
 import torch
 
-from conftest import OFFICE_IMAGES, SHARED_DATA, needs_shared
+from conftest import OFFICE_IMAGES, needs_shared
 from lightning_da.data import DADataModule, DataError, Domain, TensorImages
-from lightning_da.data.digits import bundled, mnist, mnist_m, usps
+from lightning_da.data.digits import bundled, mnist, usps
 from lightning_da.data.images import image_domain
-from lightning_da.data.samplers import CycleSampler, ShardSampler
 
 
 def tensor_domain(name, n, classes=("a", "b", "c"), size=8, offset=0, **_):
@@ -65,15 +65,6 @@ def test_multi_source_batch_structure():
     assert all(x.shape[0] == 4 for x, _ in batch["sources"])
 
 
-def test_cycle_sampler_shards_are_disjoint_and_reshuffle_per_epoch():
-    a, b = CycleSampler(100, 40, seed=1, rank=0, world_size=2), CycleSampler(100, 40, seed=1, rank=1, world_size=2)
-    ia, ib = list(a), list(b)
-    assert len(ia) == len(ib) == 40 and not set(ia) & set(ib)
-    a.set_epoch(1)
-    assert list(a) != ia
-    assert sorted(ShardSampler(10, 1, 3)) == [1, 4, 7]
-
-
 def test_eval_loaders_target_then_source():
     dm = DADataModule({"mnist": partial(bundled, "mnist"), "usps": partial(bundled, "usps")}, "mnist", "usps")
     assert dm.eval_names == ["target", "source"]
@@ -122,45 +113,6 @@ def test_missing_paths_name_path_and_layout(tmp_path):
         image_domain("amazon", str(tmp_path), path="amazon")
     with pytest.raises(DataError, match="image list"):
         image_domain("i", str(tmp_path), list_file="list/iList.txt")
-
-
-def test_image_folder_without_images_and_corrupt_image(tmp_path):
-    (tmp_path / "dom" / "cat").mkdir(parents=True)
-    with pytest.raises(DataError, match="no images"):
-        image_domain("dom", str(tmp_path), path="dom")
-    (tmp_path / "dom" / "cat" / "broken.jpg").write_bytes(b"not a jpeg")
-    d = image_domain("dom", str(tmp_path), path="dom", transform={"resize": 32, "crop": 28})
-    with pytest.raises(DataError, match="broken.jpg"):
-        d.train[0]
-
-
-def test_image_list_layout(tmp_path):
-    from PIL import Image
-
-    (tmp_path / "imgs").mkdir()
-    for i in range(4):
-        Image.new("RGB", (20, 20), (i * 60, 0, 0)).save(tmp_path / "imgs" / f"{i}.png")
-    (tmp_path / "list.txt").write_text("".join(f"imgs/{i}.png {i % 2}\n" for i in range(4)))
-    d = image_domain("p", str(tmp_path), list_file="list.txt", classes=["x", "y"], transform={"resize": 32, "crop": 28})
-    assert d.classes == ["x", "y"] and len(d.train) == 4
-    x, y = d.train_eval[3]
-    assert x.shape == (3, 28, 28) and y == 1
-    (tmp_path / "bad.txt").write_text("imgs/0.png\n")
-    with pytest.raises(DataError, match="expected 'path label'"):
-        image_domain("p", str(tmp_path), list_file="bad.txt")
-
-
-@needs_shared(SHARED_DATA / "MNIST")
-def test_full_digits_from_torchvision_roots():
-    m, u = mnist(str(SHARED_DATA)), usps(str(SHARED_DATA), image_size=28)
-    assert (len(m.train), len(m.test), len(u.train), len(u.test)) == (60000, 10000, 7291, 2007)
-    assert u.train[0][0].shape == (1, 28, 28)
-
-
-@needs_shared(SHARED_DATA / "mnist_m")
-def test_mnist_m_original_layout_is_transductive():
-    d = mnist_m(str(SHARED_DATA), image_size=32, channels=3)
-    assert len(d.train) == 9001 and d.test is None and d.train[0][0].shape == (3, 32, 32)
 
 
 @needs_shared(OFFICE_IMAGES)

@@ -1,5 +1,5 @@
-"""MK-MMD (DAN), JMMD (JAN), CORAL and JAN-A's theta against slow per-element references, values and
-gradients; plus MCC's TLlib form (column normalisation) against the library's row normalisation."""
+"""MK-MMD (DAN), JMMD (JAN), CORAL and JAN-A's theta (losses/alignment.py) against slow per-element
+references, values and gradients."""
 
 import itertools
 
@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.losses.alignment import AdversarialTheta, coral_loss, jmmd, mk_mmd
-from lightning_da.losses.regularizers import minimum_class_confusion
+from step_replay import grads
+
 
 ALPHAS = (0.125, 0.25, 0.5, 1.0, 2.0)
 
@@ -59,10 +60,6 @@ def tllib_index_matrix(n, linear):
                 m[i, j] = m[i + n, j + n] = 1 / (n * (n - 1))
             m[i, j + n] = m[i + n, j] = -1 / (n * n)
     return m
-
-
-def grads(loss, tensors):
-    return torch.autograd.grad(loss, tensors, retain_graph=True)
 
 
 @pytest.mark.parametrize("estimator,ns,nt", [("unbiased", 4, 6), ("biased", 5, 3), ("linear", 5, 5)])
@@ -180,21 +177,3 @@ def test_adversarial_theta_reverses_only_its_own_gradient():
     torch.testing.assert_close(z.grad, w)  # reversed twice: the plain gradient
     torch.testing.assert_close(theta.linear.weight.grad, -(w.t() @ z.detach()))  # reversed once
     torch.testing.assert_close(theta.linear.bias.grad, -w.sum(0))
-
-
-def test_mcc_equals_tllibs_column_normalised_form():
-    """TLlib divides the confusion matrix by a 1-D tensor of row sums, i.e. column j by sum_j; the
-    matrix P^T W P is symmetric, so the loss equals the library's row-normalised one, with gradients."""
-    torch.manual_seed(0)
-    z = torch.randn(7, 4, requires_grad=True)
-    t = 2.5
-    p = F.softmax(z / t, 1)
-    h = -(p * torch.log(p + 1e-5)).sum(1).detach()
-    w = 1 + torch.exp(-h)
-    w = (7 * w / w.sum()).unsqueeze(1)
-    c = (p * w).t() @ p
-    c = c / c.sum(dim=1)
-    tllib = (c.sum() - c.trace()) / 4
-    ours = minimum_class_confusion(z, t)
-    torch.testing.assert_close(ours, tllib)
-    torch.testing.assert_close(grads(ours, (z,))[0], grads(tllib, (z,))[0])

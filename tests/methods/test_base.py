@@ -1,5 +1,7 @@
-"""No option accepted and silently ignored: a method refuses, by name, the base options it has no use
-for, and no method config carries an option its method does not take or refuses."""
+"""The method contract (methods/base.py): no option accepted and silently ignored (a method refuses, by
+name, the base options it has no use for, and no method config carries an option its method does not
+take or refuses), option values are checked, and method construction (the norm scope, the
+domain-split refusal, the multi-source refusal)."""
 
 import inspect
 from functools import partial
@@ -12,9 +14,16 @@ from hydra.utils import get_class
 
 from conftest import CONF, QUICK, make_cfg
 from lightning_da import methods
+from lightning_da.methods import DANN, SourceOnly
 from lightning_da.methods.base import DAMethod
+from lightning_da.methods.coral import DeepCORAL
+from lightning_da.methods.dan import DAN
+from lightning_da.methods.mcc import MCC
 from lightning_da.models import build_backbone
-from lightning_da.train import build
+from lightning_da.norm import DomainAwareNorm, DomainSplitError
+from lightning_da.train import build, train
+from step_replay.one_loss import make
+
 
 SGD = partial(torch.optim.SGD, lr=0.01)
 VALUES = {"trade_off": 0.5, "classifier_init": "xavier", "bottleneck": {"dim": 16}, "lr_mult": {"backbone": 0.1},
@@ -103,3 +112,42 @@ def test_unused_options_stay_out_of_the_hyperparameters():
     assert model.hparams.channels_last is False  # switches stay: setup reads them
     with pytest.raises(ValueError, match="trade_off"):  # the default value given explicitly is still refused
         methods.MCD(build_backbone("lenet"), 2, SGD, trade_off=1.0)
+
+
+def test_option_values_are_checked():
+    with pytest.raises(ValueError, match="estimator"):
+        make(DAN, estimator="quadratic")
+    with pytest.raises(ValueError, match="layer"):
+        make(DeepCORAL, layer="fc7")
+    with pytest.raises(ValueError, match="temperature"):
+        make(MCC, temperature=0.0)
+
+
+# ---------------------------------------------------------------------------------------------- construction
+def test_norm_converts_the_feature_path_only():
+    seen = []
+    DANN(build_backbone("lenet"), 10, SGD, norm=lambda m: seen.append(m) or m)
+    assert [type(m).__name__ for m in seen] == ["LeNet", "Bottleneck"]
+
+
+class FakeDomainNorm(DomainAwareNorm):
+    def forward(self, x):
+        return x
+
+
+def add_domain_norm(module):
+    if hasattr(module, "features"):
+        module.features.append(FakeDomainNorm())
+    return module
+
+
+def test_method_that_cannot_split_refuses_domain_aware_norm():
+    with pytest.raises(DomainSplitError, match="cannot split"):
+        SourceOnly(build_backbone("lenet"), 10, SGD, norm=add_domain_norm)
+    SourceOnly(build_backbone("lenet"), 10, SGD, norm=add_domain_norm, forward_target=True)
+
+
+def test_single_source_method_refuses_several_sources(tmp_path):
+    cfg = make_cfg(tmp_path, ["data=digits_bundled", "data.source=[mnist,usps]", "monitor=null", *QUICK])
+    with pytest.raises(ValueError, match="one source domain"):
+        train(cfg)

@@ -1,6 +1,13 @@
-"""CGDM: the pseudo-label terms enter the right steps, L_GD reaches only G in step C, the bottleneck
-quirk, and training through run.py with pseudo-label refreshes."""
+"""CGDM: the whole-step test: one batch through Lightning (all optimiser steps of that batch: A, B, then C
+``num_k`` times) against the plain-torch replay of :mod:`step_replay.bi_classifier` on deep copies of
+the modules taken before the step (float64, with G and the heads optimised differently). CGDM's pseudo labels are active from epoch 0: the test clusters the whole target
+train set itself (SHOT's weighted-centroid clustering, eval mode) before the replay adds the weighted
+CE and the second-order gradient discrepancy. Then: the pseudo-label terms enter the right steps,
+L_GD reaches only G in step C, the bottleneck quirk, and training through run.py with pseudo-label
+refreshes.
+"""
 
+import copy
 from functools import partial
 
 import pytest
@@ -11,8 +18,99 @@ from lightning_da.methods import CGDM
 from lightning_da.models import build_backbone
 from lightning_da.pseudo_labels import PseudoLabelStore
 from lightning_da.train import train
+from step_replay import OneBatchData, TinyBackbone, assert_same_state, changed_any, run_one_batch
+from step_replay.bi_classifier import (ATOL, EXTRA, NUM_CLASSES, RTOL, check_logs, check_lrs_after_one_batch,
+                                       common_kwargs, excess, replay, subset_batch, target_pass)
 
 
+# ---------------------------------------------------------------------------------------------- whole step
+def shot_pseudo_labels(ref, passes, n_target, rounds):
+    """SHOT/CGDM obtain_label, written out: eval mode, G features and softmax(F1 + F2) of the whole
+    target set; [f; 1] L2-normalised; soft centroids, argmin cosine distance; then rounds - 1 hard
+    rounds. Returns the label of every target sample by index (float64 as the original's numpy)."""
+    ref.eval()
+    feats, probs, idxs = [], [], []
+    with torch.no_grad():
+        for x, idx in passes:
+            f = ref.bottleneck(ref.backbone(x))
+            feats.append(f)
+            probs.append((ref.classifier(f) + ref.classifier2(f)).softmax(1))
+            idxs.append(idx)
+    ref.train()
+    f = torch.cat(feats).double()
+    f = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype)], 1)
+    f = f / f.norm(dim=1, keepdim=True)
+    weights = torch.cat(probs).double()
+    labels = None
+    for _ in range(rounds):
+        if labels is not None:
+            weights = torch.eye(NUM_CLASSES, dtype=f.dtype)[labels]
+        mass = weights.sum(0)
+        centroids = weights.T @ f / (mass[:, None] + 1e-8)
+        dist = 1 - (f @ centroids.T) / (f.norm(dim=1)[:, None] * centroids.norm(dim=1)[None, :])
+        dist = dist.masked_fill(mass[None, :] <= 0, float("inf"))  # a class without members gets no sample
+        labels = dist.argmin(1)
+    out = torch.full((n_target,), -1, dtype=torch.long)
+    out[torch.cat(idxs)] = labels
+    return out
+
+
+CGDM_WEIGHTS = {"w_ent_a": 0.03, "w_ent_b": 0.05, "w_ent_c": 0.07, "w_pseudo": 0.2, "w_gd": 0.3}
+CGDM_CASES = {
+    "im-joint": dict(entropy_mode="im", train_bottleneck=True, domain_forward="joint", wce_batch_factor=True,
+                     wce_detach_weights=False, extra=EXTRA, num_k=2, rounds=3),
+    "conditional-frozen-bottleneck": dict(entropy_mode="conditional", train_bottleneck=False, domain_forward="joint",
+                                          wce_batch_factor=False, wce_detach_weights=False, extra={}, num_k=3,
+                                          rounds=2),
+    "im-separate-detached": dict(entropy_mode="im", train_bottleneck=False, domain_forward="separate",
+                                 wce_batch_factor=True, wce_detach_weights=True, extra=EXTRA, num_k=2, rounds=1),
+}
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("case", list(CGDM_CASES))
+def test_cgdm_step_matches_replay(case):
+    c = CGDM_CASES[case]
+    torch.manual_seed(24)  # initial weights under which the target set needs exactly `rounds` clustering rounds
+    w_dis = 0.8
+    model = CGDM(TinyBackbone(), NUM_CLASSES, num_k=c["num_k"], w_dis=w_dis, domain_forward=c["domain_forward"],
+                 entropy_mode=c["entropy_mode"], train_bottleneck=c["train_bottleneck"],
+                 wce_batch_factor=c["wce_batch_factor"], wce_detach_weights=c["wce_detach_weights"],
+                 pseudo={"start_epoch": 0, "rounds": c["rounds"], "batch_size": 4, "eval_transform": True},
+                 **CGDM_WEIGHTS, **common_kwargs(c["train_bottleneck"], extra_losses=c["extra"] or None)).double()
+    ref = copy.deepcopy(model)
+    before = copy.deepcopy(model)
+    b, passes = subset_batch(), target_pass()
+    logged = run_one_batch(model, data=OneBatchData(b, target_pass=passes))
+
+    # pseudo labels of the whole target set, clustered in eval mode before the step
+    labels = shot_pseudo_labels(ref, passes, 10, c["rounds"])
+    assert torch.equal(model.pseudo_labels.labels, labels)
+    for rounds in {1, 2, 3} - {c["rounds"]}:  # this target set needs 3 rounds to converge: `rounds` shows
+        assert not torch.equal(shot_pseudo_labels(copy.deepcopy(before), passes, 10, rounds), labels), rounds
+    assert torch.equal(model.pseudo_labels.confidence, torch.ones(10))
+    y_hat = labels[b["target"][1]]
+    assert len(y_hat.unique()) > 1  # the batch's pseudo labels are not all one class
+
+    cgdm = {**CGDM_WEIGHTS, **{k: c[k] for k in ("entropy_mode", "train_bottleneck", "wce_batch_factor",
+                                                   "wce_detach_weights")}}
+    args = dict(domain_forward=c["domain_forward"], num_k=c["num_k"], w_dis=w_dis, extra=c["extra"], pseudo=labels)
+    expected = replay(ref, b, cgdm=cgdm, **args)
+    check_logs(logged, expected)
+    assert_same_state(model, ref, rtol=RTOL, atol=ATOL)
+    check_lrs_after_one_batch(model, c["train_bottleneck"])
+    for prefix in ("backbone", "classifier", "classifier2"):
+        assert changed_any(model, before, prefix), prefix
+    assert changed_any(model, before, "bottleneck") == c["train_bottleneck"]
+
+    # each CGDM term visibly matters: the state is far outside the tolerance of a replay without it
+    for weight in ("w_gd", "w_pseudo", "w_ent_a", "w_ent_b", "w_ent_c"):
+        other = copy.deepcopy(before)
+        replay(other, b, cgdm={**cgdm, weight: 0.0}, **args)
+        assert excess(model, other) > 10, weight
+
+
+# ---------------------------------------------------------------------------------------------- the steps
 def make_cgdm(**kw):
     torch.manual_seed(0)
     model = CGDM(build_backbone("lenet"), 10, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9),

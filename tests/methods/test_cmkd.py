@@ -1,4 +1,5 @@
-"""Whole-step tests of the CLIP methods: CMKD (+ RST, + FixMatch) and zero-shot CLIP.
+"""CMKD (+ RST, + FixMatch): whole steps against a plain-torch replay on deep copies, the loss against an
+independent computation, a few steps on Office-Caltech10, and the experiment configs.
 
 The CMKD replay is written from the spec (specs/methods.md section 4, the VLP-UDA code) in plain torch on
 deep copies taken before the step: with ``p_h = softmax h(f(x_t))`` (student head) and
@@ -14,39 +15,31 @@ gamma, so every CMKD test fits two or three batches and replays all of them (mom
 schedule and the lamb ramp all enter). ``T`` (the text embeddings) and ``s`` (the logit scale) are computed
 here from the open_clip model's own text tower, so the prompts (template, renames) are pinned as well.
 
-The tiny random-weight CLIPs are re-weighted before the method is built so that the step is not
-degenerate: the ResNet's BatchNorm layers get random affine parameters and running statistics measured
-on a calibration batch (random-init CLIP blocks zero their last BN, and with running stats 0/1 every
-image maps to the same embedding; the ViT's pooled token is centred likewise), and the student head's
-N(0, 0.001^2) weights are redrawn at N(0, 0.5^2) (else ``p_h`` is uniform and thresholds cannot split it).
+The tiny random-weight CLIPs (:func:`step_replay.clip.calibrated_clip`) are re-weighted so that the step is
+not degenerate, and the student head's N(0, 0.001^2) weights are redrawn at N(0, 0.5^2) (else ``p_h`` is
+uniform and thresholds cannot split it).
 """
 
 import copy
 import math
+import os
 from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_da.methods import CMKD, ZeroShotCLIP
-from lightning_da.models.clip import CLIPImageEncoder
+from conftest import make_cfg
+from lightning_da.methods import CMKD
 from lightning_da.optim import inv_schedule
-from step_replay import OneBatchData, assert_close_logs, assert_same_state, changed_any, run_batches
+from lightning_da.train import build, train
+from step_replay import OneBatchData, assert_close_logs, assert_same_state, changed_any, mean_entropy, run_batches
+from step_replay.clip import (CLASSES, FEW, SMALL, TINY_RN_OVERRIDE, calibrated_clip, image_batch,
+                              text_embeddings)
 
-TEXT = {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}
-ARCHS = {  # (open_clip model name, architecture override, image size)
-    "rn": ("RN50", {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": [1, 1, 1, 1], "width": 4, "head_width": 8},
-                    "text_cfg": TEXT, "init_logit_scale": math.log(60.0)}, 32),
-    "vit": ("ViT-B-16", {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 1, "width": 32, "patch_size": 16,
-                                                         "head_width": 16},
-                         "text_cfg": TEXT, "init_logit_scale": math.log(60.0)}, 32),
-}
 
-CLASSES = ["back_pack", "Alarm_Clock", "bike", "desk_lamp"]
 PROMPTS = {"template": "a sketch of the {}", "rename": {"back_pack": "backpack"}}
 PROMPT_TEXTS = ["a sketch of the backpack", "a sketch of the alarm clock", "a sketch of the bike", "a sketch of the desk lamp"]
-
 # optimiser and schedule (all non-default): SGD nesterov, encoder at LR, head at LR * HEAD_MULT,
 # lr_t = lr (1 + SCHED_GAMMA t)^-SCHED_POWER
 LR, HEAD_MULT, MOMENTUM, WD = 5e-5, 300.0, 0.8, 3e-3
@@ -55,74 +48,9 @@ SCHED_GAMMA, SCHED_POWER = 0.5, 0.6
 HP = {"lambda1": 0.6, "lambda2": 0.35, "lambda3": 0.15, "label_smoothing": 0.2, "lamb_gamma": 3.0, "lamb_max_iter": 4}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: one intra-op thread is faster, and much faster on a busy machine (two
-    threads on two cores with one taken spin-wait, 40x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def tiny_clip(arch: str = "rn", seed: int = 0):
-    """A tiny random-weight CLIP image encoder and the open_clip ``(model, tokenizer)`` behind it."""
-    name, cfg, _ = ARCHS[arch]
-    torch.manual_seed(seed)
-    enc = CLIPImageEncoder(name, pretrained=None, model_cfg=cfg)
-    clip_model, tokenizer = enc._text
-    bns = [m for m in enc.visual.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    with torch.no_grad():
-        for m in bns:  # random affine; running stats of a calibration batch (as a pretrained net would have)
-            m.weight.uniform_(0.5, 1.5)
-            m.bias.normal_(0.0, 0.1)
-            m.reset_running_stats()
-            m.momentum = None
-            m.train()
-        calibration = torch.randn(16, 3, ARCHS[arch][2], ARCHS[arch][2])
-        if bns:
-            enc.visual(calibration)
-        for m in bns:
-            m.momentum = 0.1
-            m.eval()
-        if not bns:  # ViT: centre the class token after ln_post on the calibration batch
-            out = {}
-            hook = enc.visual.ln_post.register_forward_hook(lambda m, i, o: out.setdefault("tokens", o))
-            enc.visual(calibration)
-            hook.remove()
-            enc.visual.ln_post.bias.sub_(out["tokens"][:, 0].mean(0))
-    return enc, clip_model, tokenizer
-
-
-def text_embeddings(clip_model, tokenizer, prompts: list[list[str]]) -> torch.Tensor:
-    """Row c: the normalised mean of the normalised text embeddings of class c's prompts (one prompt:
-    its normalised embedding)."""
-    clip_model.eval()
-    rows = []
-    with torch.no_grad():
-        for p in prompts:
-            e = F.normalize(clip_model.encode_text(tokenizer(p)).float(), dim=-1)
-            rows.append(F.normalize(e.mean(0), dim=-1) if len(e) > 1 else e[0])
-    return torch.stack(rows)
-
-
-def images(n: int, size: int, gen: torch.Generator, shift: float = 0.0, scale: float = 1.0) -> torch.Tensor:
-    return torch.randn(n, 3, size, size, generator=gen) * scale + shift
-
-
-def make_batch(arch: str = "rn", strong: bool = False, seed: int = 1) -> dict:
-    """5 source images, 7 target images (shifted and scaled); a strong view of the target, if asked."""
-    size = ARCHS[arch][2]
-    g = torch.Generator().manual_seed(seed)
-    xs, xt = images(5, size, g), images(7, size, g, shift=0.4, scale=1.5)
-    if strong:  # another view of the same target images
-        xt = (xt, 0.7 * xt.flip(-1) + 0.3 * images(7, size, g))
-    return {"source": (xs, torch.tensor([0, 3, 1, 2, 3])), "target": (xt, torch.arange(7))}
-
-
 def make_cmkd(arch: str = "rn", **kwargs):
     """CMKD on a tiny CLIP, the replay's copy, and the zero-shot head's constants computed independently."""
-    enc, clip_model, tokenizer = tiny_clip(arch)
+    enc, clip_model, tokenizer = calibrated_clip(arch)
     text = text_embeddings(clip_model, tokenizer, [[p] for p in PROMPT_TEXTS])
     scale = clip_model.logit_scale.detach().exp()
     model = CMKD(enc, len(CLASSES), partial(torch.optim.SGD, lr=LR, momentum=MOMENTUM, weight_decay=WD, nesterov=True),
@@ -147,11 +75,6 @@ def gini(p: torch.Tensor, w, form: str) -> torch.Tensor:
 def kl(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
     """Per-row KL(p || q) from log-probabilities."""
     return (log_p.exp() * (log_p - log_q)).sum(1)
-
-
-def entropy(z: torch.Tensor) -> torch.Tensor:
-    p = z.softmax(1)
-    return -(p * torch.log(p + 1e-5)).sum(1).mean()
 
 
 def cmkd_terms(ref, text, scale, batch, t: int, hp: dict) -> dict:
@@ -186,10 +109,10 @@ def cmkd_terms(ref, text, scale, batch, t: int, hp: dict) -> dict:
                 "train/alpha": alpha.mean(), "train/lamb": lamb})
     for name, w in hp.get("extra_losses", {}).items():
         if name == "entropy":
-            term = entropy(z_t)
+            term = mean_entropy(z_t)
         elif name == "im":
             p_mean = z_t.softmax(1).mean(0)
-            term = entropy(z_t) + (p_mean * torch.log(p_mean + 1e-5)).sum()
+            term = mean_entropy(z_t) + (p_mean * torch.log(p_mean + 1e-5)).sum()
         else:
             raise NotImplementedError(name)
         loss = loss + w * term
@@ -261,7 +184,8 @@ def hparams(**over) -> dict:
     return {"gini": "code", "alpha_direction": "code", **HP, **over}
 
 
-# ------------------------------------------------------------------------------------------- CMKD
+# ------------------------------------------------------------------------------------------- whole steps
+@pytest.mark.usefixtures("one_thread")
 @pytest.mark.parametrize("arch,form,direction", [("rn", "code", "code"), ("rn", "paper", "paper"),
                                                  ("rn", "code", "paper"), ("rn", "paper", "code"),
                                                  ("vit", "code", "code")])
@@ -269,7 +193,7 @@ def test_cmkd_steps_match_replay(arch, form, direction):
     model, ref, text, scale = make_cmkd(arch, gini=form, alpha_direction=direction)
     before = copy.deepcopy(model)
     torch.testing.assert_close(model.zero_shot.text_features, text)  # the prompts are built as configured
-    batch = make_batch(arch)
+    batch = image_batch(arch)
     logged, _ = run_batches(model, data=OneBatchData(batch, repeat=2))
     expected, _ = replay(ref, text, scale, batch, 2, hparams(gini=form, alpha_direction=direction))
     assert expected[0]["train/lamb"] == 0.0 and expected[1]["train/lamb"] > 0.3  # the ramped terms enter at step 1
@@ -280,18 +204,20 @@ def test_cmkd_steps_match_replay(arch, form, direction):
     assert all(torch.equal(model.state_dict()[k], before.state_dict()[k]) for k in bn_state)  # frozen encoder BN
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_cmkd_baseline_step_is_source_ce_only():
     model, ref, text, scale = make_cmkd(baseline=True)
-    batch = make_batch()
+    batch = image_batch()
     logged, _ = run_batches(model, data=OneBatchData(batch, repeat=2))
     expected, _ = replay(ref, text, scale, batch, 2, hparams(baseline=True))
     check_run(model, ref, logged, expected)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_cmkd_fixmatch_steps_match_replay():
     fixmatch = {"enabled": True, "threshold": 0.965, "factor": 1.3}
     model, ref, text, scale = make_cmkd(fixmatch=fixmatch)
-    batch = make_batch(strong=True)
+    batch = image_batch(strong=True)
     logged, _ = run_batches(model, data=OneBatchData(batch, repeat=2))
     expected, _ = replay(ref, text, scale, batch, 2, hparams(fixmatch=fixmatch))
     for step in expected:  # the masks select some target rows, not all, for both heads
@@ -299,12 +225,13 @@ def test_cmkd_fixmatch_steps_match_replay():
     check_run(model, ref, logged, expected)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_cmkd_rst_steps_match_replay(tmp_path):
     tau = 4e-4
     # three steps with T = 1: the ramp's min(t, T) clamps at t = 2
     over = {"lamb_max_iter": 1, "lamb_gamma": 1.5}
     model, ref, text, scale = make_cmkd(rst={"enabled": True, "tau": tau}, **over)
-    batch = make_batch()
+    batch = image_batch()
     logged, final = run_batches(model, data=OneBatchData(batch, repeat=3), default_root_dir=str(tmp_path))
     expected, rst = replay(ref, text, scale, batch, 3, hparams(**over), tau=tau)
     assert expected[2]["train/lamb"] == pytest.approx(2 / (1 + math.exp(-1.5)) - 1)
@@ -323,43 +250,94 @@ def test_cmkd_rst_steps_match_replay(tmp_path):
                                    rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.usefixtures("one_thread")
 def test_cmkd_extra_losses_on_student_target_logits():
     extra = {"entropy": 0.45, "im": 0.2}
     model, ref, text, scale = make_cmkd(extra_losses=extra)
-    batch = make_batch()
+    batch = image_batch()
     logged, _ = run_batches(model, data=OneBatchData(batch, repeat=2))
     expected, _ = replay(ref, text, scale, batch, 2, hparams(extra_losses=extra))
     check_run(model, ref, logged, expected)
 
 
-# ------------------------------------------------------------------------------------------- zero-shot
-@pytest.mark.parametrize("arch,templates", [("rn", ["a sketch of the {}", "a photo of my {}"]),
-                                            ("vit", "a painting of a {}")])
-def test_zeroshot_logits_match_plain_clip(arch, templates):
-    enc, clip_model, tokenizer = tiny_clip(arch)
-    model = ZeroShotCLIP(enc, len(CLASSES), partial(torch.optim.SGD, lr=0.1), class_names=CLASSES,
-                         prompts={"template": templates, "rename": {"back_pack": "backpack"}})
-    assert model.needs.trains is False
-    names = ["backpack", "alarm clock", "bike", "desk lamp"]
-    tpls = [templates] if isinstance(templates, str) else templates
-    text = text_embeddings(clip_model, tokenizer, [[t.format(n) for t in tpls] for n in names])
-    x = make_batch(arch)["target"][0]
-    model.eval()
-    with torch.no_grad():
-        f = clip_model.encode_image(x)  # the open_clip model's own image tower
-        expected = clip_model.logit_scale.exp() * F.normalize(f, dim=-1) @ text.t()
-        logits = model(x)
-    assert expected.argmax(1).unique().numel() > 1  # not a degenerate prediction
-    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+# ------------------------------------------------------------------------------------------- through the Hydra app
+def test_cmkd_loss_matches_an_independent_computation(tmp_path, office_subset):
+    cfg = make_cfg(tmp_path, ["experiment=cmkd_base", "data=office_caltech10", f"data.root={office_subset}",
+                              "method.fixmatch.enabled=true", "method.fixmatch.threshold=0.0", *SMALL, *FEW])
+    dm, model, _ = build(cfg)
+    assert dm.strong_target_view and model.needs.strong_view
+    model.train()
+    torch.manual_seed(0)
+    xs, xt, xst = torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64), torch.randn(4, 3, 64, 64)
+    ys = torch.tensor([0, 1, 2, 3])
+    batch = {"source": (xs, ys), "target": ((xt, xst), torch.arange(4))}
+    state = copy.deepcopy(model.state_dict())
+    model.lamb = lambda: 0.3   # as at a later step (lamb_0 = 0 would hide the Gini terms)
+    loss = model.training_step(batch, 0)
+    model.load_state_dict(state)  # the head's BN running statistics moved; start again from the same state
+
+    # independently: encoder per input, head per domain, the code's formulas written out
+    f_s, f_t, f_st = model.backbone(xs), model.backbone(xt), model.backbone(xst)
+    h = model.classifier
+    z_s, z_t, z_st = h(f_s), h(f_t), h(f_st)
+    g = lambda f: model.zero_shot.logit_scale * F.normalize(f, dim=-1) @ model.zero_shot.text_features.t()
+    g_s, g_t, g_st = g(f_s), g(f_t), g(f_st)
+    p_h, p_g = z_t.softmax(-1), g_t.softmax(-1)
+    alpha = torch.exp(-(p_g * (p_g.log() - p_h.log())).sum(-1)).detach()
+    gi = lambda p, w: (w * (1 - (p ** 2 / p.sum(0).detach()).sum(-1))).sum()
+    lamb = 0.3
+    expected = (F.cross_entropy(z_s, ys, label_smoothing=0.1)
+                + 0.25 * lamb * (gi(p_h, alpha) + gi(0.5 * (p_h + p_g.detach()), 1 - alpha))
+                + 0.1 * F.cross_entropy(g_s, ys) + 0.025 * lamb * gi(p_g, 1.0)
+                + 0.5 * F.cross_entropy(z_st, p_h.argmax(1)) + 0.5 * F.cross_entropy(g_st, p_g.argmax(1)))
+    torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_zeroshot_training_step_raises():
-    enc, _, _ = tiny_clip("rn")
-    model = ZeroShotCLIP(enc, len(CLASSES), partial(torch.optim.SGD, lr=0.1), class_names=CLASSES)
-    before = copy.deepcopy(model.state_dict())
-    with pytest.raises(RuntimeError, match="nothing to train"):
-        model.training_step(make_batch(), 0)
-    with pytest.raises(RuntimeError, match="nothing to train"):
-        run_batches(model, data=OneBatchData(make_batch()))
-    for k, v in model.state_dict().items():
-        assert torch.equal(v, before[k]), k
+def test_cmkd_with_rst_and_fixmatch_trains_on_office_caltech(tmp_path, office_subset):
+    cfg = make_cfg(tmp_path, ["experiment=cmkd_base", "data=office_caltech10", f"data.root={office_subset}",
+                              "method.rst.enabled=true", "method.rst.tau=1e-9", "method.fixmatch.enabled=true",
+                              *SMALL, *FEW])
+    res = train(cfg)
+    assert res["method"] == "CMKD" and res["steps"] == 3 and 0 <= res["last"]["test/target_acc"] <= 1
+    sparse = os.path.join(tmp_path, "checkpoints", "rst_sparse.pt")
+    assert os.path.isfile(sparse)
+    ckpt = torch.load(sparse, weights_only=False)
+    nnz = sum(e["residual"].coalesce().values().ne(0).sum().item() for e in ckpt["encoder_residuals"].values())
+    assert nnz > 0 and ckpt["meta"]["class_names"][0] == "backpack"
+    state = torch.load(res["last"]["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
+    assert "zero_shot.text_features" in state and state["zero_shot.text_features"].shape == (10, 32)
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_cmkd_needs_a_clip_backbone(tmp_path):
+    cfg = make_cfg(tmp_path, ["method=cmkd", "backbone=lenet"])
+    with pytest.raises(Exception, match="needs a CLIP backbone"):   # Hydra wraps the TypeError
+        build(cfg)
+
+
+@pytest.mark.parametrize("experiment,folder,task,first_prompt", [
+    ("cmkd_office_home", "office_home", ["data.source=Product", "data.target=Clipart"], "an image of a backpack"),
+    ("cmkd_office31", "office31", [], "a photo of a backpack"),
+    ("cmkd_visda", "visda2017", [], "a photo of a backpack"),
+    ("cmkd_imageclef", "image_CLEF", ["method.prompts.class_names=[plane,bike,bird,boat,bottle,bus,car,dog,horse,monitor]"],
+     "a photo of a plane"),   # the stand-in has 10 of the 12 classes
+    ("cmkd_domainnet", "domainnet", ["data.source=real", "data.target=sketch"], "a photo of a backpack"),
+])
+def test_cmkd_experiment_configs_build(tmp_path, standins, experiment, folder, task, first_prompt):
+    tiny = TINY_RN_OVERRIDE if "domainnet" not in experiment else (
+        "backbone.model_cfg={embed_dim:32,vision_cfg:{image_size:32,layers:1,width:32,patch_size:16,head_width:16},"
+        "text_cfg:{context_length:16,vocab_size:49408,width:32,heads:2,layers:1}}")
+    cfg = make_cfg(tmp_path, [f"experiment={experiment}", f"data.root={standins / folder}", *task,
+                              "backbone.pretrained=null", "trainer=cpu", tiny])
+    dm, model, _ = build(cfg)
+    assert model.zero_shot.prompts[0] == [first_prompt] and model.zero_shot.text_features.shape == (10, 32)
+    assert model.backbone._text is None   # the text tower is gone
+    groups = {g["name"]: g["lr"] for g in model.configure_optimizers()["optimizer"].param_groups}
+    assert groups["classifier"] == pytest.approx(groups["backbone"] * cfg.method.lr_mult.classifier)
+
+
+def test_cmkd_prompt_names_must_match_the_classes(tmp_path, standins):
+    cfg = make_cfg(tmp_path, ["experiment=cmkd_imageclef", f"data.root={standins / 'image_CLEF'}", "trainer=cpu",
+                              "backbone.pretrained=null", TINY_RN_OVERRIDE])
+    with pytest.raises(Exception, match="prompts.class_names has 12 names but the data has 10 classes"):
+        build(cfg)

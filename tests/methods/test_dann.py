@@ -13,18 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.methods import DANN
-from step_replay import TinyBackbone, assert_close_logs, assert_same_state, run_one_batch
-
-
-def reversed_grad(x: torch.Tensor, coeff: float) -> torch.Tensor:
-    """Identity forward, gradient times -coeff backward."""
-    return (1 + coeff) * x.detach() - coeff * x
-
-
-def batch(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    xs, xt = torch.randn(5, 6, generator=g), torch.randn(7, 6, generator=g) * 1.5 + 0.5  # different sizes and contents
-    return {"source": (xs, torch.tensor([0, 1, 2, 1, 0])), "target": (xt, torch.arange(7))}
+from step_replay import TinyBackbone, assert_close_logs, assert_same_state, batch, reversed_grad, run_one_batch
 
 
 def test_dann_step_matches_replay():

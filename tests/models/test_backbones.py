@@ -1,8 +1,10 @@
+"""Backbones (models/backbones.py): the digit CNNs, torchvision / timm / EfficientNet-Lite0 by name,
+their weights (offline, local files, the errors), and the options they refuse."""
+
 import pytest
 import torch
 
-from lightning_da.models import BACKBONES, Bottleneck, DomainDiscriminator, build_backbone
-from lightning_da.norm import DomainAwareNorm, DomainSplitError, domain_split
+from lightning_da.models import BACKBONES, build_backbone
 
 
 @pytest.mark.parametrize("name,size,channels,out", [("lenet", 28, 1, 800), ("lenet", 32, 3, 1250), ("lenet_bn", 28, 1, 768),
@@ -68,33 +70,6 @@ def test_weights_path_loads_a_local_file(tmp_path):
     torch.testing.assert_close(net.body.conv1.weight, src.body.conv1.weight)
     with pytest.raises(FileNotFoundError, match="not a file"):
         build_backbone("resnet18", weights_path=str(tmp_path / "missing.pth"))
-
-
-def test_heads_shapes():
-    assert Bottleneck(10, 0).out_features == 10
-    b = Bottleneck(10, 6, batch_norm=True, dropout=0.5, init="xavier")
-    assert b(torch.randn(4, 10)).shape == (4, 6) and b.out_features == 6
-    assert DomainDiscriminator(6, hidden=8)(torch.randn(4, 6)).shape == (4,)
-
-
-class SplitRecorder(DomainAwareNorm):
-    def forward(self, x):
-        if self.training:
-            self.seen = self.require_split(len(x))
-        return x
-
-
-def test_domain_split_contract():
-    layer = SplitRecorder()
-    net = torch.nn.Sequential(torch.nn.Identity(), layer)
-    with domain_split(net, 3):
-        net(torch.zeros(5, 2))
-    assert layer.seen == 3 and layer.n_source is None
-    with pytest.raises(DomainSplitError, match="without a domain split"):
-        net(torch.zeros(5, 2))
-    with pytest.raises(DomainSplitError, match="does not fit"):
-        with domain_split(net, 5):
-            net(torch.zeros(5, 2))
 
 
 def test_digit_backbones_refuse_weights_and_unknown_options():

@@ -2,7 +2,7 @@
 read back what it logged, so that a test can replay the same step in plain torch on deep copies of
 the modules and compare every logged term and every entry of the state_dict.
 
-Typical use (see tests/test_step_*.py)::
+Typical use (see the whole-step tests in tests/methods/)::
 
     model = DANN(TinyBackbone(), 3, partial(torch.optim.SGD, lr=0.1, momentum=0.9), ...)
     ref = copy.deepcopy(model)                         # the replay's copy, taken before the step
@@ -17,16 +17,28 @@ the given batch once per epoch and offers what methods read from a DataModule (t
 set's length, a target pass loader, source names, the target pool); pass ``target_pass`` (a list
 of ``(x, idx)`` batches) for methods that predict the whole target train set (CGDM's pseudo
 labels, M2CAN's UACR).
+
+Below the harness, the plain-torch pieces that several replays share, once each: the gradient
+reversal and the entropies, the replays' SGD and ``inv`` schedule, the two-domain batch, and two
+independent references the loss tests share. The replays of a method family that two test files
+share are submodules: :mod:`step_replay.one_loss` (DAN, JAN, Deep CORAL, MCC, BNM),
+:mod:`step_replay.bi_classifier` (MCD, CGDM), :mod:`step_replay.clip` (CMKD, zero-shot CLIP) and
+:mod:`step_replay.hda` (SSAN, HDANet, TargetOnly).
 """
 
 from __future__ import annotations
 
 import copy
+from functools import partial
 from typing import Any
 
 import lightning as L
+import numpy as np
+import pytest
 import torch
 from torch import nn
+
+from lightning_da.optim import inv_schedule
 
 
 class TinyBackbone(nn.Sequential):
@@ -151,3 +163,145 @@ def run_batches(model: L.LightningModule, batch: dict | None = None, data: L.Lig
                         limit_val_batches=0, num_sanity_val_steps=0, callbacks=[recorder], **trainer_kwargs)
     trainer.fit(model, datamodule=data)
     return recorder.logged, {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+
+# ---------------------------------------------------------------------------- plain-torch pieces
+def reversed_grad(x: torch.Tensor, coeff: float) -> torch.Tensor:
+    """Identity forward, gradient times -coeff backward."""
+    return (1 + coeff) * x.detach() - coeff * x
+
+
+def row_entropy(z: torch.Tensor) -> torch.Tensor:
+    """The entropy of each row's softmax, with the originals' eps (1e-5) inside the log."""
+    p = z.softmax(1)
+    return -(p * torch.log(p + 1e-5)).sum(1)
+
+
+def mean_entropy(z: torch.Tensor) -> torch.Tensor:
+    """:func:`row_entropy` averaged over the rows (the ``entropy`` extra loss)."""
+    return row_entropy(z).mean()
+
+
+def mcc(z: torch.Tensor, t: float = 2.5) -> torch.Tensor:
+    """Minimum class confusion as the original MCC code (column normalisation by broadcasting)."""
+    b, c = z.shape
+    p = (z / t).softmax(1)
+    w = 1 + torch.exp(-(-(p * torch.log(p + 1e-5)).sum(1))).detach()
+    w = b * w / w.sum()
+    cov = (p * w[:, None]).t() @ p
+    cov = cov / cov.sum(1)
+    return (cov.sum() - cov.trace()) / c
+
+
+def forward(ref, x):
+    """Features and logits of a one-head method: ``bottleneck(backbone(x))`` and its classifier."""
+    f = ref.bottleneck(ref.backbone(x))
+    return f, ref.classifier(f)
+
+
+# ---------------------------------------------------------------------------- the replays' optimiser
+LR, MOMENTUM, WD = 0.1, 0.9, 1e-3
+GAMMA, POWER = 0.5, 0.75                   # inv schedule: lr_i = lr_0 (1 + gamma i)^-power
+BOTTLENECK = {"dim": 5, "batch_norm": True, "relu": True, "dropout": 0.0}
+DISCRIMINATOR = {"hidden": 4, "num_hidden": 1, "batch_norm": True, "dropout": 0.0}
+
+
+def optimizer():
+    """The method's optimiser as Hydra builds it: SGD with momentum and weight decay, as a partial."""
+    return partial(torch.optim.SGD, lr=LR, momentum=MOMENTUM, weight_decay=WD)
+
+
+def scheduler():
+    """The method's ``inv`` schedule, as a partial."""
+    return partial(inv_schedule, gamma=GAMMA, power=POWER)
+
+
+def sgd(groups, lr):
+    """The replay's SGD (momentum, weight decay) over explicit parameter groups."""
+    return torch.optim.SGD(groups, lr=lr, momentum=MOMENTUM, weight_decay=WD)
+
+
+def inv(opt):
+    """The ``inv`` schedule on the replay's optimiser."""
+    return torch.optim.lr_scheduler.LambdaLR(opt, lambda i: (1 + GAMMA * i) ** -POWER)
+
+
+def sgd_step(ref, loss, lr_mult: dict[str, float], names: list[str], schedule=None):
+    """One SGD step (momentum, weight decay, per-module lr) on the modules ``names`` of ``ref``; with
+    ``schedule`` (e.g. :func:`inv`) the schedule's first step after it. Returns the optimiser."""
+    groups = [{"params": list(getattr(ref, n).parameters()), "lr": LR * lr_mult.get(n, 1.0)} for n in names]
+    opt = torch.optim.SGD(groups, lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    sched = schedule(opt) if schedule is not None else None
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return opt
+
+
+def replay_step(ref, loss, lr_mult: dict[str, float], names: list[str]):
+    """SGD (momentum, weight decay, per-module lr) on ``ref`` and the inv schedule's first step."""
+    return sgd_step(ref, loss, lr_mult, names, schedule=inv)
+
+
+def assert_same_optimizer(model, ref_opt) -> None:
+    """The method's (only) optimiser has the replay's groups, lrs after the schedule step, and
+    momentum buffers (i.e. the same first-step gradients plus weight decay)."""
+    opts = model.trainer.optimizers
+    assert len(opts) == 1, f"expected one optimiser, got {len(opts)}"
+    got = opts[0]
+    assert len(got.param_groups) == len(ref_opt.param_groups)
+    for i, (ga, gb) in enumerate(zip(got.param_groups, ref_opt.param_groups)):
+        assert len(ga["params"]) == len(gb["params"]), f"group {i}: {len(ga['params'])} vs {len(gb['params'])} params"
+        assert ga["lr"] == pytest.approx(gb["lr"], rel=1e-12), f"group {i} lr: {ga['lr']} vs {gb['lr']}"
+        assert ga["momentum"] == MOMENTUM and ga["weight_decay"] == WD
+        for pa, pb in zip(ga["params"], gb["params"]):
+            assert pa.shape == pb.shape
+            torch.testing.assert_close(got.state[pa]["momentum_buffer"], ref_opt.state[pb]["momentum_buffer"],
+                                       rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------- the two-domain batch
+NS, NT = 5, 7
+SOURCE_LABELS = torch.tensor([0, 1, 2, 1, 0])
+
+
+def make_batch(seed: int = 0):
+    """5 source rows and 7 target rows (6-d), and the generator for further draws."""
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(NS, 6, generator=g)
+    xt = torch.randn(NT, 6, generator=g) * 1.5 + 0.5  # different size and contents
+    return xs, xt, g
+
+
+def xs_ys_xt(seed: int = 0):
+    xs, xt, _ = make_batch(seed)
+    return xs, torch.tensor([0, 1, 2, 1, 0]), xt
+
+
+def batch(seed: int = 0):
+    """The batch of :func:`make_batch` as a method reads it: ``{"source": (x, y), "target": (x, idx)}``."""
+    xs, ys, xt = xs_ys_xt(seed)
+    return {"source": (xs, ys), "target": (xt, torch.arange(NT))}
+
+
+def views(seed=1):
+    """A weak and a strong view of 7 target rows."""
+    g = torch.Generator().manual_seed(seed)
+    x_weak = torch.randn(7, 6, generator=g) * 1.5 + 0.5
+    return x_weak, x_weak + 0.3 * torch.randn(7, 6, generator=g)
+
+
+def source_acc(z, ys):
+    return (z[:NS].argmax(1) == ys).float().mean()
+
+
+# ---------------------------------------------------------------------------- references of the loss tests
+def softmax_np(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def grads(loss, tensors):
+    return torch.autograd.grad(loss, tensors, retain_graph=True)

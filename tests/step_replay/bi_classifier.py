@@ -1,6 +1,6 @@
-"""Whole-step tests of the bi-classifier methods MCD and CGDM: one batch through Lightning (all
-optimiser steps of that batch: A, B, then C ``num_k`` times) against a plain-torch replay on deep
-copies of the modules taken before the step.
+"""The replay of one batch of the bi-classifier methods MCD and CGDM (all optimiser steps of that
+batch: A, B, then C ``num_k`` times), shared by their whole-step tests (tests/methods/test_mcd.py,
+tests/methods/test_cgdm.py).
 
 The replay is written from the papers and the methods spec (``/work/shared/specs/methods.md``,
 section 2), not from the library: G = backbone + bottleneck, heads F1, F2, ``d(p, q) = mean |p - q|``
@@ -12,9 +12,9 @@ on the target softmaxes,
 
 with G's optimiser (SGD, no momentum) and the heads' optimiser (SGD with momentum) configured
 differently, per-module learning-rate multipliers and the ``inv`` schedule. CGDM runs with its
-pseudo labels active from epoch 0: the test clusters the whole target train set itself (SHOT's
-weighted-centroid clustering, eval mode) and replays the weighted CE and the second-order gradient
-discrepancy.
+pseudo labels active from epoch 0: its test clusters the whole target train set itself (SHOT's
+weighted-centroid clustering, eval mode) and the replay adds the weighted CE and the second-order
+gradient discrepancy.
 
 The tests run in float64. CGDM's heads (as the original's ResClassifier) put a BatchNorm after their
 first Linear layer, so that layer's bias has a gradient that is zero in exact arithmetic and rounding
@@ -25,16 +25,15 @@ computations), so no replay can match to a tolerance. In float64 the noise (~1e-
 eps and the term is 1 - O(1e-18) everywhere, and the replay matches to ~1e-15.
 """
 
-import copy
 from functools import partial
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from lightning_da.methods import CGDM, MCD
 from lightning_da.optim import inv_schedule
-from step_replay import OneBatchData, TinyBackbone, assert_close_logs, assert_same_state, changed_any, run_one_batch
+from step_replay import BOTTLENECK, assert_close_logs, row_entropy
+
 
 EPS = 1e-5  # the entropy eps of the originals (inside the logs)
 RTOL, ATOL = 1e-9, 1e-11  # float64 (see the module docstring)
@@ -45,17 +44,6 @@ LR_MULT = {"backbone": 0.5, "bottleneck": 0.8, "classifier": 1.2, "classifier2":
 GAMMA, POWER = 0.5, 0.6                    # inv schedule: lr_i = lr_0 (1 + gamma i)^-power
 EXTRA = {"entropy": 0.3, "im": 0.2}
 HEAD = {"hidden": [6], "batch_norm": True, "dropout": 0.0}
-BOTTLENECK = {"dim": 5, "batch_norm": True, "relu": True, "dropout": 0.0}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: intra-op threads only contend (on a loaded 2-core machine one test took 23 s
-    with two threads and 0.6 s with one)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -64,7 +52,7 @@ def target_set(seed: int = 3, n: int = 10) -> torch.Tensor:
     return (torch.randn(n, 6, generator=g) * 1.5 + 0.5).double()  # shifted and scaled against the source
 
 
-def batch(seed: int = 0):
+def subset_batch(seed: int = 0):
     """5 source rows, 7 target rows (a subset of the 10-sample target train set, not in order)."""
     g = torch.Generator().manual_seed(seed)
     xs = torch.randn(5, 6, generator=g).double()
@@ -87,11 +75,6 @@ def common_kwargs(train_bottleneck=True, **kw):
 
 
 # ---------------------------------------------------------------------------------------------- plain-torch pieces
-def softmax_entropy_rows(z):
-    p = z.softmax(1)
-    return -(p * torch.log(p + EPS)).sum(1)
-
-
 def discrepancy(z1, z2):
     return (z1.softmax(1) - z2.softmax(1)).abs().mean()
 
@@ -99,14 +82,14 @@ def discrepancy(z1, z2):
 def extra_terms(z):
     """The configured extra_losses on target logits: entropy and information maximisation."""
     p = z.softmax(1)
-    h = softmax_entropy_rows(z).mean()
+    h = row_entropy(z).mean()
     p_bar = p.mean(0)
     im = h + (p_bar * torch.log(p_bar + EPS)).sum()
     return EXTRA["entropy"] * h + EXTRA["im"] * im
 
 
 def cgdm_ent(z, mode):
-    h = softmax_entropy_rows(z).mean()
+    h = row_entropy(z).mean()
     if mode == "conditional":
         return h
     p_bar = z.softmax(1).mean(0)
@@ -115,7 +98,7 @@ def cgdm_ent(z, mode):
 
 def wce(z, y, batch_factor, detach_weights):
     """CGDM's weighted CE: w_i = 1 + exp(-H_i) with gradient (unless detached), over the constant sum."""
-    w = 1 + torch.exp(-softmax_entropy_rows(z.detach() if detach_weights else z))
+    w = 1 + torch.exp(-row_entropy(z.detach() if detach_weights else z))
     w = w / w.sum().detach()
     weighted = w * F.cross_entropy(z, y, reduction="none")
     return weighted.mean() if batch_factor else weighted.sum()
@@ -135,37 +118,6 @@ def head_gradient_discrepancy(loss_s, loss_t, head):
             cos = F.cosine_similarity(b, a, dim=0)
         terms.append(1 - cos)
     return torch.stack(terms).mean()
-
-
-def shot_pseudo_labels(ref, passes, n_target, rounds):
-    """SHOT/CGDM obtain_label, written out: eval mode, G features and softmax(F1 + F2) of the whole
-    target set; [f; 1] L2-normalised; soft centroids, argmin cosine distance; then rounds - 1 hard
-    rounds. Returns the label of every target sample by index (float64 as the original's numpy)."""
-    ref.eval()
-    feats, probs, idxs = [], [], []
-    with torch.no_grad():
-        for x, idx in passes:
-            f = ref.bottleneck(ref.backbone(x))
-            feats.append(f)
-            probs.append((ref.classifier(f) + ref.classifier2(f)).softmax(1))
-            idxs.append(idx)
-    ref.train()
-    f = torch.cat(feats).double()
-    f = torch.cat([f, torch.ones(len(f), 1, dtype=f.dtype)], 1)
-    f = f / f.norm(dim=1, keepdim=True)
-    weights = torch.cat(probs).double()
-    labels = None
-    for _ in range(rounds):
-        if labels is not None:
-            weights = torch.eye(NUM_CLASSES, dtype=f.dtype)[labels]
-        mass = weights.sum(0)
-        centroids = weights.T @ f / (mass[:, None] + 1e-8)
-        dist = 1 - (f @ centroids.T) / (f.norm(dim=1)[:, None] * centroids.norm(dim=1)[None, :])
-        dist = dist.masked_fill(mass[None, :] <= 0, float("inf"))  # a class without members gets no sample
-        labels = dist.argmin(1)
-    out = torch.full((n_target,), -1, dtype=torch.long)
-    out[torch.cat(idxs)] = labels
-    return out
 
 
 # ---------------------------------------------------------------------------------------------- the replay
@@ -288,84 +240,3 @@ def check_lrs_after_one_batch(model, train_bottleneck=True):
 def check_logs(logged, expected):
     assert_close_logs(logged, expected, rtol=RTOL, atol=ATOL)
     assert {k for k in logged if k.startswith("train/")} == set(expected), sorted(logged)
-
-
-# ---------------------------------------------------------------------------------------------- MCD
-@pytest.mark.parametrize("domain_forward,num_k,extra", [("joint", 3, EXTRA), ("separate", 2, {}),
-                                                        ("separate", 3, EXTRA)],
-                         ids=["joint-extra", "separate", "separate-extra"])
-def test_mcd_step_matches_replay(domain_forward, num_k, extra):
-    torch.manual_seed(0)
-    w_dis = 0.7
-    model = MCD(TinyBackbone(), NUM_CLASSES, num_k=num_k, w_dis=w_dis, domain_forward=domain_forward,
-                **common_kwargs(extra_losses=extra or None)).double()
-    ref = copy.deepcopy(model)
-    before = copy.deepcopy(model)
-    b = batch()
-    logged = run_one_batch(model, b)
-
-    expected = replay(ref, b, domain_forward=domain_forward, num_k=num_k, w_dis=w_dis, extra=extra)
-    check_logs(logged, expected)
-    assert_same_state(model, ref, rtol=RTOL, atol=ATOL)
-    check_lrs_after_one_batch(model)
-    for prefix in ("backbone", "bottleneck", "classifier", "classifier2"):
-        assert changed_any(model, before, prefix), prefix
-    if extra:  # the extra terms visibly matter
-        no_extra = copy.deepcopy(before)
-        replay(no_extra, b, domain_forward=domain_forward, num_k=num_k, w_dis=w_dis, extra={})
-        assert excess(model, no_extra) > 10
-
-
-# ---------------------------------------------------------------------------------------------- CGDM
-CGDM_WEIGHTS = {"w_ent_a": 0.03, "w_ent_b": 0.05, "w_ent_c": 0.07, "w_pseudo": 0.2, "w_gd": 0.3}
-CGDM_CASES = {
-    "im-joint": dict(entropy_mode="im", train_bottleneck=True, domain_forward="joint", wce_batch_factor=True,
-                     wce_detach_weights=False, extra=EXTRA, num_k=2, rounds=3),
-    "conditional-frozen-bottleneck": dict(entropy_mode="conditional", train_bottleneck=False, domain_forward="joint",
-                                          wce_batch_factor=False, wce_detach_weights=False, extra={}, num_k=3,
-                                          rounds=2),
-    "im-separate-detached": dict(entropy_mode="im", train_bottleneck=False, domain_forward="separate",
-                                 wce_batch_factor=True, wce_detach_weights=True, extra=EXTRA, num_k=2, rounds=1),
-}
-
-
-@pytest.mark.parametrize("case", list(CGDM_CASES))
-def test_cgdm_step_matches_replay(case):
-    c = CGDM_CASES[case]
-    torch.manual_seed(24)  # initial weights under which the target set needs exactly `rounds` clustering rounds
-    w_dis = 0.8
-    model = CGDM(TinyBackbone(), NUM_CLASSES, num_k=c["num_k"], w_dis=w_dis, domain_forward=c["domain_forward"],
-                 entropy_mode=c["entropy_mode"], train_bottleneck=c["train_bottleneck"],
-                 wce_batch_factor=c["wce_batch_factor"], wce_detach_weights=c["wce_detach_weights"],
-                 pseudo={"start_epoch": 0, "rounds": c["rounds"], "batch_size": 4, "eval_transform": True},
-                 **CGDM_WEIGHTS, **common_kwargs(c["train_bottleneck"], extra_losses=c["extra"] or None)).double()
-    ref = copy.deepcopy(model)
-    before = copy.deepcopy(model)
-    b, passes = batch(), target_pass()
-    logged = run_one_batch(model, data=OneBatchData(b, target_pass=passes))
-
-    # pseudo labels of the whole target set, clustered in eval mode before the step
-    labels = shot_pseudo_labels(ref, passes, 10, c["rounds"])
-    assert torch.equal(model.pseudo_labels.labels, labels)
-    for rounds in {1, 2, 3} - {c["rounds"]}:  # this target set needs 3 rounds to converge: `rounds` shows
-        assert not torch.equal(shot_pseudo_labels(copy.deepcopy(before), passes, 10, rounds), labels), rounds
-    assert torch.equal(model.pseudo_labels.confidence, torch.ones(10))
-    y_hat = labels[b["target"][1]]
-    assert len(y_hat.unique()) > 1  # the batch's pseudo labels are not all one class
-
-    cgdm = {**CGDM_WEIGHTS, **{k: c[k] for k in ("entropy_mode", "train_bottleneck", "wce_batch_factor",
-                                                   "wce_detach_weights")}}
-    args = dict(domain_forward=c["domain_forward"], num_k=c["num_k"], w_dis=w_dis, extra=c["extra"], pseudo=labels)
-    expected = replay(ref, b, cgdm=cgdm, **args)
-    check_logs(logged, expected)
-    assert_same_state(model, ref, rtol=RTOL, atol=ATOL)
-    check_lrs_after_one_batch(model, c["train_bottleneck"])
-    for prefix in ("backbone", "classifier", "classifier2"):
-        assert changed_any(model, before, prefix), prefix
-    assert changed_any(model, before, "bottleneck") == c["train_bottleneck"]
-
-    # each CGDM term visibly matters: the state is far outside the tolerance of a replay without it
-    for weight in ("w_gd", "w_pseudo", "w_ent_a", "w_ent_b", "w_ent_c"):
-        other = copy.deepcopy(before)
-        replay(other, b, cgdm={**cgdm, weight: 0.0}, **args)
-        assert excess(model, other) > 10, weight

@@ -16,11 +16,7 @@ from lightning_da.train import build, train
 from lightning_da.validators import VALIDATORS
 from lightning_da.validators.scores import (bnm_score, class_ami_score, dev_score, domain_probabilities, entropy_score,
                                             im_score, snd_score)
-
-
-def softmax(z):
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
+from step_replay import softmax_np
 
 
 def H(p):
@@ -34,19 +30,19 @@ def logits():
 
 
 def test_entropy_im_bnm_against_loops(logits):
-    p = softmax(logits.double().numpy())
+    p = softmax_np(logits.double().numpy())
     assert entropy_score(logits) == pytest.approx(-np.mean([H(row) for row in p]), rel=1e-5)
     assert im_score(logits) == pytest.approx(H(p.mean(0)) - np.mean([H(row) for row in p]), rel=1e-5)
     assert bnm_score(logits) == pytest.approx(np.linalg.svd(p, compute_uv=False).sum() / len(p), rel=1e-5)
 
 
 def test_snd_against_loops(logits):
-    p = softmax(logits.double().numpy())
+    p = softmax_np(logits.double().numpy())
     x = p / np.linalg.norm(p, axis=1, keepdims=True)
     ents = []
     for i in range(len(x)):
         sims = np.array([x[i] @ x[j] / 0.05 for j in range(len(x)) if j != i])
-        ents.append(H(softmax(sims[None])[0]))
+        ents.append(H(softmax_np(sims[None])[0]))
     assert snd_score(logits) == pytest.approx(np.mean(ents), rel=1e-4)
 
 
@@ -56,7 +52,7 @@ def test_dev_against_its_formula():
     sv_f, sv_z, sv_y = torch.randn(30, 5), torch.randn(30, 3), torch.randint(0, 3, (30,))
     p = domain_probabilities(src, tgt, sv_f).double().clamp(1e-6, 1 - 1e-6).numpy()
     w = (60 / 40) * p / (1 - p)
-    loss = np.array([-math.log(softmax(sv_z[i:i + 1].double().numpy())[0, sv_y[i]]) for i in range(30)])
+    loss = np.array([-math.log(softmax_np(sv_z[i:i + 1].double().numpy())[0, sv_y[i]]) for i in range(30)])
     lw = w * loss
     eta = -np.cov(lw, w)[0, 1] / np.var(w, ddof=1)
     assert dev_score(src, tgt, sv_f, sv_z, sv_y) == pytest.approx(-(lw.mean() + eta * w.mean() - eta), rel=1e-4)
