@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from lightning_da.methods.adda import ADDA
 from lightning_da.optim import inv_schedule
 from step_replay import (GAMMA, POWER, OneBatchData, TinyBackbone, assert_close_logs, assert_same_state, inv,
-                         reversed_grad, run_batches, sgd, xs_ys_xt)
+                         replay_sgd, reversed_grad, run_batches, xs_ys_xt)
 
 
 def bce(d, label):
@@ -43,7 +43,7 @@ def test_adda_steps_match_replay(objective):
     ns = len(xs)
     ref.train()
     # phase 1: source pre-training of backbone, bottleneck and classifier
-    opt = sgd([{"params": list(ref.backbone.parameters()), "lr": pre_lr * 0.5},
+    opt = replay_sgd([{"params": list(ref.backbone.parameters()), "lr": pre_lr * 0.5},
                {"params": list(ref.bottleneck.parameters()), "lr": pre_lr},
                {"params": list(ref.classifier.parameters()), "lr": pre_lr * 3.0}], pre_lr)
     sched = inv(opt)
@@ -61,9 +61,9 @@ def test_adda_steps_match_replay(objective):
     ref.source_encoder.load_state_dict(src.state_dict())
     ref.source_frozen.fill_(True)
     # phase 2: target encoder (backbone + bottleneck) against the discriminator; schedules restart
-    opt_e = sgd([{"params": list(ref.backbone.parameters()), "lr": lr * 0.5},
+    opt_e = replay_sgd([{"params": list(ref.backbone.parameters()), "lr": lr * 0.5},
                  {"params": list(ref.bottleneck.parameters()), "lr": lr}], lr)
-    opt_d = sgd([{"params": list(ref.discriminator.parameters()), "lr": lr * 2.0}], lr)
+    opt_d = replay_sgd([{"params": list(ref.discriminator.parameters()), "lr": lr * 2.0}], lr)
     sched_e, sched_d = inv(opt_e), inv(opt_d)
     for i in range(2):
         with torch.no_grad():

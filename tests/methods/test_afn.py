@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_da.methods.afn import AFN
-from step_replay import (NS, TinyBackbone, assert_close_logs, assert_same_state, batch, optimizer, row_entropy,
-                         run_one_batch, sgd_step, source_acc)
+from step_replay import (NS, TinyBackbone, assert_close_logs, assert_same_state, batch, row_entropy, run_one_batch, sgd,
+                         sgd_step, source_acc)
 
 
 @pytest.mark.parametrize("variant", ["safn", "hafn"])
@@ -25,7 +25,7 @@ def test_afn_step_matches_replay(variant):
     torch.manual_seed(0)
     p, delta, radius, trade_off, w_ent = 0.4, 0.3, 2.0, 0.2, 0.15
     lr_mult = {"backbone": 0.5, "classifier": 2.0}
-    model = AFN(TinyBackbone(), 3, optimizer(), bottleneck={"dim": 5, "batch_norm": True, "relu": True, "dropout": p},
+    model = AFN(TinyBackbone(), 3, sgd(), bottleneck={"dim": 5, "batch_norm": True, "relu": True, "dropout": p},
                 variant=variant, delta=delta, radius=radius, trade_off=trade_off, lr_mult=lr_mult,
                 extra_losses={"entropy": w_ent})
     ref = copy.deepcopy(model)
@@ -59,7 +59,7 @@ def test_afn_step_matches_replay(variant):
 
 def test_afn_heads_and_evaluation():
     torch.manual_seed(0)
-    model = AFN(TinyBackbone(), 3, optimizer(), bottleneck={"dim": 50, "batch_norm": True, "relu": True, "dropout": 0.5})
+    model = AFN(TinyBackbone(), 3, sgd(), bottleneck={"dim": 50, "batch_norm": True, "relu": True, "dropout": 0.5})
     lin, bn = model.bottleneck[0], model.bottleneck[1]
     assert lin.weight.std().item() == pytest.approx(0.01, rel=0.2) and lin.bias.abs().max() < 0.05  # TLlib init
     assert bn.weight.std().item() == pytest.approx(0.01, rel=0.5) and torch.all(bn.bias == 0)
@@ -69,6 +69,6 @@ def test_afn_heads_and_evaluation():
     model.eval()  # no dropout, no rescale at evaluation
     torch.testing.assert_close(model.features(x), model.bottleneck(model.backbone(x)))
     with pytest.raises(ValueError, match="tllib_init"):
-        AFN(TinyBackbone(), 3, optimizer(), classifier_init="xavier")
+        AFN(TinyBackbone(), 3, sgd(), classifier_init="xavier")
     with pytest.raises(ValueError, match="variant"):
-        AFN(TinyBackbone(), 3, optimizer(), variant="iafn")
+        AFN(TinyBackbone(), 3, sgd(), variant="iafn")

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.methods.bsp import BSP
-from step_replay import (NS, NT, TinyBackbone, assert_close_logs, assert_same_state, batch, optimizer,
-                         reversed_grad, row_entropy, run_one_batch, sgd_step, source_acc)
+from step_replay import (NS, NT, TinyBackbone, assert_close_logs, assert_same_state, batch, reversed_grad, row_entropy,
+                         run_one_batch, sgd, sgd_step, source_acc)
 
 
 @pytest.mark.parametrize("entropy_conditioning", [True, False], ids=["cdan_e", "cdan"])
@@ -21,7 +21,7 @@ def test_bsp_step_matches_replay(entropy_conditioning):
     torch.manual_seed(0)
     coeff, trade_off, w_bsp, k, w_ent = 0.3, 0.7, 0.05, 2, 0.1
     lr_mult = {"backbone": 0.5, "discriminator": 2.0}
-    model = BSP(TinyBackbone(), 3, optimizer(), bottleneck={"dim": 5, "batch_norm": True, "relu": True, "dropout": 0.0},
+    model = BSP(TinyBackbone(), 3, sgd(), bottleneck={"dim": 5, "batch_norm": True, "relu": True, "dropout": 0.0},
                 discriminator={"hidden": 4, "num_hidden": 1, "batch_norm": True, "dropout": 0.0},
                 grl={"alpha": 10.0, "max_iters": 100, "lo": coeff}, trade_off=trade_off, lr_mult=lr_mult,
                 extra_losses={"entropy": w_ent}, entropy_conditioning=entropy_conditioning, bsp_weight=w_bsp, bsp_k=k)

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.methods.cc_loss import CCLoss
-from step_replay import (OneBatchData, TinyBackbone, assert_close_logs, assert_same_state, run_batches, sgd, views,
+from step_replay import (OneBatchData, TinyBackbone, assert_close_logs, assert_same_state, replay_sgd, run_batches, views,
                          xs_ys_xt)
 
 
@@ -53,7 +53,7 @@ def test_cc_loss_step_matches_replay():
     assert 0 < len(rows) < b
     cons = ((confusion(z_w.detach(), T, rows, b) - confusion(z_s, T, rows, b)) ** 2).sum() / 3 * len(rows) / b
     loss = ce + w_mcc * mcc + w_c * cons
-    opt = sgd([{"params": list(ref.backbone.parameters()), "lr": lr * 0.5},
+    opt = replay_sgd([{"params": list(ref.backbone.parameters()), "lr": lr * 0.5},
                {"params": list(ref.bottleneck.parameters()), "lr": lr},
                {"params": list(ref.classifier.parameters()), "lr": lr}], lr)
     opt.zero_grad()

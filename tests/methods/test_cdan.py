@@ -21,8 +21,8 @@ import torch.nn.functional as F
 
 from lightning_da.methods import CDAN
 from step_replay import (BOTTLENECK, DISCRIMINATOR, SOURCE_LABELS, TinyBackbone, assert_close_logs,
-                         assert_same_optimizer, assert_same_state, forward, make_batch, mcc, optimizer, replay_step,
-                         reversed_grad, row_entropy, run_one_batch, scheduler)
+                         assert_same_optimizer, assert_same_state, forward, make_batch, mcc, replay_step, reversed_grad,
+                         row_entropy, run_one_batch, scheduler, sgd)
 
 
 @pytest.mark.parametrize("entropy_conditioning", [False, True], ids=["cdan", "cdan_e"])
@@ -31,7 +31,7 @@ def test_cdan_step_matches_replay(entropy_conditioning, randomized):
     torch.manual_seed(0)
     coeff, trade_off, w_ent, w_mcc, rdim = 0.3, 0.7, 0.15, 0.25, 6
     lr_mult = {"backbone": 0.5, "classifier": 1.5, "discriminator": 2.0}
-    model = CDAN(TinyBackbone(), 3, optimizer(), scheduler(), bottleneck=BOTTLENECK, discriminator=DISCRIMINATOR,
+    model = CDAN(TinyBackbone(), 3, sgd(), scheduler(), bottleneck=BOTTLENECK, discriminator=DISCRIMINATOR,
                  grl={"alpha": 10.0, "max_iters": 100, "lo": coeff}, trade_off=trade_off, lr_mult=lr_mult,
                  extra_losses={"entropy": w_ent, "mcc": w_mcc}, entropy_conditioning=entropy_conditioning,
                  randomized=randomized, randomized_dim=rdim)

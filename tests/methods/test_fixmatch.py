@@ -19,8 +19,8 @@ from conftest import FEW, SMALL_IMAGES, make_cfg
 from lightning_da.methods import FixMatch
 from lightning_da.train import train
 from step_replay import (BOTTLENECK, SOURCE_LABELS, TinyBackbone, assert_close_logs, assert_same_optimizer,
-                         assert_same_state, forward, make_batch, optimizer, replay_step, row_entropy, run_one_batch,
-                         scheduler)
+                         assert_same_state, forward, make_batch, replay_step, row_entropy, run_one_batch, scheduler,
+                         sgd)
 
 
 def bnm(z: torch.Tensor) -> torch.Tensor:
@@ -36,7 +36,7 @@ def fixmatch_batch():
 
 def build_fixmatch(threshold: float, strict: bool, trade_off: float, lr_mult: dict, extra: dict) -> FixMatch:
     torch.manual_seed(0)
-    return FixMatch(TinyBackbone(), 3, optimizer(), scheduler(), bottleneck=BOTTLENECK, lr_mult=lr_mult,
+    return FixMatch(TinyBackbone(), 3, sgd(), scheduler(), bottleneck=BOTTLENECK, lr_mult=lr_mult,
                     extra_losses=extra, trade_off=trade_off, threshold=threshold, strict=strict)
 
 

@@ -14,15 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from lightning_da.methods.mdd import MDD
-from step_replay import (NS, NT, TinyBackbone, assert_close_logs, assert_same_state, batch, changed_any, optimizer,
-                         reversed_grad, row_entropy, run_one_batch, sgd_step, source_acc)
+from step_replay import (NS, NT, TinyBackbone, assert_close_logs, assert_same_state, batch, changed_any, reversed_grad,
+                         row_entropy, run_one_batch, sgd, sgd_step, source_acc)
 
 
 def test_mdd_step_matches_replay():
     torch.manual_seed(0)
     coeff, margin, trade_off, w_ent = 0.05, 2.5, 0.7, 0.1
     lr_mult = {"backbone": 0.5, "classifier": 1.5, "adv_head": 2.0}
-    model = MDD(TinyBackbone(), 3, optimizer(),
+    model = MDD(TinyBackbone(), 3, sgd(),
                 bottleneck={"dim": 5, "batch_norm": True, "relu": True, "dropout": 0.0, "init": "normal"},
                 head={"width": 4, "dropout": 0.0}, margin=margin,
                 grl={"alpha": 1.0, "max_iters": 100, "lo": coeff, "hi": 0.1}, trade_off=trade_off,
@@ -59,7 +59,7 @@ def test_mdd_step_matches_replay():
 
 def test_mdd_heads_and_refusals():
     torch.manual_seed(0)
-    model = MDD(TinyBackbone(), 3, optimizer(), bottleneck={"dim": 40, "batch_norm": True, "relu": True, "dropout": 0.5})
+    model = MDD(TinyBackbone(), 3, sgd(), bottleneck={"dim": 40, "batch_norm": True, "relu": True, "dropout": 0.5})
     for head in (model.classifier, model.adv_head):
         kinds = [type(m).__name__ for m in head.modules() if not isinstance(m, nn.Sequential)]
         assert kinds == ["Linear", "ReLU", "Dropout", "Classifier"]  # Linear -> ReLU -> Dropout -> Linear
@@ -68,4 +68,4 @@ def test_mdd_heads_and_refusals():
     assert (model.grl.alpha, model.grl.lo, model.grl.hi, model.grl.max_iters) == (1.0, 0.0, 0.1, 1000)
     assert model.margin == 4.0
     with pytest.raises(ValueError, match=r"MDD does not use the option\(s\) \['classifier_init'\]"):
-        MDD(TinyBackbone(), 3, optimizer(), classifier_init="xavier")
+        MDD(TinyBackbone(), 3, sgd(), classifier_init="xavier")

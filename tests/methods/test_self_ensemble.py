@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.methods.self_ensemble import SelfEnsemble
-from step_replay import (OneBatchData, TinyBackbone, assert_close_logs, assert_same_state, run_batches, sgd, views,
+from step_replay import (OneBatchData, TinyBackbone, assert_close_logs, assert_same_state, replay_sgd, run_batches, views,
                          xs_ys_xt)
 
 
@@ -35,7 +35,7 @@ def test_self_ensemble_steps_match_replay():
     ns = len(xs)
     ref.train()
     t = ref.teacher
-    opt = sgd([{"params": list(ref.backbone.parameters()), "lr": lr * 0.5},
+    opt = replay_sgd([{"params": list(ref.backbone.parameters()), "lr": lr * 0.5},
                {"params": list(ref.bottleneck.parameters()), "lr": lr},
                {"params": list(ref.classifier.parameters()), "lr": lr}], lr)
     masks = []

@@ -15,15 +15,15 @@ import torch.nn.functional as F
 
 from lightning_da.methods import SourceOnly
 from step_replay import (BOTTLENECK, SOURCE_LABELS, TinyBackbone, assert_close_logs, assert_same_optimizer,
-                         assert_same_state, forward, make_batch, mcc, optimizer, replay_step, row_entropy,
-                         run_one_batch, scheduler)
+                         assert_same_state, forward, make_batch, mcc, replay_step, row_entropy, run_one_batch,
+                         scheduler, sgd)
 
 
 def test_source_only_step_matches_replay():
     """Default: only the source is forwarded (BN statistics from the source alone), L = CE."""
     torch.manual_seed(0)
     lr_mult = {"backbone": 0.5, "classifier": 3.0}
-    model = SourceOnly(TinyBackbone(), 3, optimizer(), scheduler(), bottleneck=BOTTLENECK, lr_mult=lr_mult)
+    model = SourceOnly(TinyBackbone(), 3, sgd(), scheduler(), bottleneck=BOTTLENECK, lr_mult=lr_mult)
     ref = copy.deepcopy(model)
     xs, xt, _ = make_batch()
     logged = run_one_batch(model, {"source": (xs, SOURCE_LABELS), "target": (xt, torch.arange(7))})
@@ -45,7 +45,7 @@ def test_source_only_forward_target_extra_losses_match_replay():
     torch.manual_seed(0)
     lr_mult = {"bottleneck": 2.0, "classifier": 0.25}
     w_ent, w_mcc = 0.3, 0.2
-    model = SourceOnly(TinyBackbone(), 3, optimizer(), scheduler(), bottleneck=BOTTLENECK, lr_mult=lr_mult,
+    model = SourceOnly(TinyBackbone(), 3, sgd(), scheduler(), bottleneck=BOTTLENECK, lr_mult=lr_mult,
                        forward_target=True, extra_losses={"entropy": w_ent, "mcc": w_mcc})
     ref = copy.deepcopy(model)
     xs, xt, _ = make_batch()

@@ -206,7 +206,7 @@ BOTTLENECK = {"dim": 5, "batch_norm": True, "relu": True, "dropout": 0.0}
 DISCRIMINATOR = {"hidden": 4, "num_hidden": 1, "batch_norm": True, "dropout": 0.0}
 
 
-def optimizer():
+def sgd():
     """The method's optimiser as Hydra builds it: SGD with momentum and weight decay, as a partial."""
     return partial(torch.optim.SGD, lr=LR, momentum=MOMENTUM, weight_decay=WD)
 
@@ -216,7 +216,7 @@ def scheduler():
     return partial(inv_schedule, gamma=GAMMA, power=POWER)
 
 
-def sgd(groups, lr):
+def replay_sgd(groups, lr):
     """The replay's SGD (momentum, weight decay) over explicit parameter groups."""
     return torch.optim.SGD(groups, lr=lr, momentum=MOMENTUM, weight_decay=WD)
 

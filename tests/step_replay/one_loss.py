@@ -9,8 +9,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from step_replay import (BOTTLENECK, LR, MOMENTUM, WD, TinyBackbone, assert_close_logs, assert_same_state, optimizer,
-                         run_one_batch)
+from step_replay import (BOTTLENECK, LR, MOMENTUM, WD, TinyBackbone, assert_close_logs, assert_same_state,
+                         run_one_batch, sgd)
 
 
 def sized_batch(ns: int = 5, nt: int = 7, seed: int = 0):
@@ -23,7 +23,7 @@ def sized_batch(ns: int = 5, nt: int = 7, seed: int = 0):
 def make(cls, **kwargs):
     torch.manual_seed(0)
     kwargs.setdefault("lr_mult", {"backbone": 0.5, "classifier": 2.0})
-    return cls(TinyBackbone(), 3, optimizer(), bottleneck=BOTTLENECK, **kwargs)
+    return cls(TinyBackbone(), 3, sgd(), bottleneck=BOTTLENECK, **kwargs)
 
 
 def replay_one_loss(ref, b, transfer, trade_off, lr_mult, negate=(), w_ent=0.0):
