@@ -85,8 +85,9 @@ def write_record(job: tuple[str, str, int], run_dir: Path, args) -> str:
     cmd_file = run_dir / "command.json"
     cmd = json.loads(cmd_file.read_text()) if cmd_file.exists() else command(method, task, seed, run_dir, args.data, args.overrides)
     sittings = len((run_dir / "sittings.log").read_text().splitlines()) if (run_dir / "sittings.log").exists() else 1
+    code = json.loads((run_dir / "code.json").read_text()) if (run_dir / "code.json").exists() else None
     records.write_record(run_dir, benchmark=benchmark, experiment=experiment, task=task, seed=seed, command=cmd,
-                         threads=args.threads, sittings=sittings)
+                         threads=args.threads, sittings=sittings, code=code)
     return f"; record {path}"
 
 
@@ -101,6 +102,7 @@ def run_one(job: tuple[str, str, int], args) -> str:
     print("start", " ".join(cmd[1:]), flush=True)
     if not (run_dir / "command.json").exists():  # the first sitting's command (later ones add ckpt_path)
         (run_dir / "command.json").write_text(json.dumps(cmd))
+    (run_dir / "code.json").write_text(json.dumps(records.code_state()))  # the code this sitting runs
     with open(run_dir / "sittings.log", "a") as fh:
         fh.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} threads={args.threads}\n")
     with open(run_dir / "stdout.log", "a") as log:

@@ -12,7 +12,7 @@ what is needed to redo and compare it, nothing heavier (no checkpoints, no step 
 * ``val_per_epoch``: per validation epoch, ``val/target_acc`` and ``val/source_acc`` (where logged);
 * ``overrides`` (the Hydra overrides that define the run, without its output folder and resume
   checkpoint), ``command`` (the exact command line of its first sitting) and ``cwd``;
-* ``git_commit`` (and ``git_dirty``: tracked files differed from it), ``versions`` (lightning-da,
+* ``git_commit`` when the run's last sitting started (and ``git_dirty``: tracked files differed from it), ``versions`` (lightning-da,
   torch, lightning), ``wall_time_s`` (the run's last sitting, from ``results.json``), ``sittings``
   (how many times the grid started it) and ``machine`` (CPU model, logical CPUs, threads per run);
 * ``source: "run"`` (a number a run wrote, as opposed to one copied from a paper).
@@ -86,8 +86,15 @@ def metrics(results: dict) -> dict[str, Any]:
     return out
 
 
+def code_state() -> dict[str, Any]:
+    """The commit the repository is at and whether tracked files differ from it (result records excluded)."""
+    return {"git_commit": _git("rev-parse", "HEAD"),
+            "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"))}
+
+
 def build_record(results: dict, *, benchmark: str, experiment: str, task: str, seed: int, command: list[str],
-                 threads: int | None = None, sittings: int = 1) -> dict[str, Any]:
+                 threads: int | None = None, sittings: int = 1, code: dict | None = None) -> dict[str, Any]:
+    """The record of a run (module docstring); ``code``: :func:`code_state` when the run started (default: now)."""
     per_epoch = [{"epoch": row.get("epoch"), **{k.split("/", 1)[1]: row[k] for k in ("val/target_acc", "val/source_acc")
                                                  if k in row}} for row in results.get("history", [])]
     return {
@@ -98,8 +105,7 @@ def build_record(results: dict, *, benchmark: str, experiment: str, task: str, s
         "val_per_epoch": per_epoch,
         "overrides": [a for a in command[2:] if not a.startswith(LOCATION_KEYS)],
         "command": shlex.join(command), "cwd": str(ROOT),
-        "git_commit": _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        **(code or code_state()),
         "versions": {"lightning-da": _version("lightning-da"), "torch": _version("torch"),
                      "lightning": _version("lightning")},
         "wall_time_s": results.get("wall_time_s"), "sittings": sittings,
@@ -108,11 +114,11 @@ def build_record(results: dict, *, benchmark: str, experiment: str, task: str, s
 
 
 def write_record(run_dir: Path, *, benchmark: str, experiment: str, task: str, seed: int, command: list[str],
-                 threads: int | None = None, sittings: int = 1, root: Path | None = None) -> Path:
+                 threads: int | None = None, sittings: int = 1, code: dict | None = None, root: Path | None = None) -> Path:
     """Write the record of the finished run in ``run_dir`` (its ``results.json``); returns its path."""
     results = json.loads((Path(run_dir) / "results.json").read_text())
     rec = build_record(results, benchmark=benchmark, experiment=experiment, task=task, seed=seed, command=command,
-                       threads=threads, sittings=sittings)
+                       threads=threads, sittings=sittings, code=code)
     path = record_path(benchmark, experiment, task, seed, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
