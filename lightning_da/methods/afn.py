@@ -66,7 +66,6 @@ class AFN(SingleStepMethod):
         super().__init__(*args, trade_off=trade_off, classifier_init=classifier_init, **kwargs)
         self.variant, self.delta, self.radius = variant, float(delta), float(radius)
         self.domain_forward = domain_forward
-        self.needs = dataclasses.replace(self.needs, domain_split=domain_forward == "joint")
         p = next((m.p for m in self.bottleneck.modules() if isinstance(m, nn.Dropout)), 0.0)
         self.dropout_scale = math.sqrt(1.0 - p) if l2_preserving_dropout else 1.0
         if tllib_init:
@@ -74,6 +73,11 @@ class AFN(SingleStepMethod):
 
     def _tllib_init(self) -> None:
         tllib_head_init_(self.bottleneck, self.classifier)
+
+    @classmethod
+    def needs_for(cls, options):
+        # "separate" forwards each domain on its own: there is no joint batch to split
+        return dataclasses.replace(cls.needs, domain_split=options.get("domain_forward", "joint") == "joint")
 
     def domain_split_refusal(self) -> str:
         return ("AFN with domain_forward=separate forwards each domain on its own and cannot use a domain-aware "
