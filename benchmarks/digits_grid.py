@@ -7,15 +7,15 @@ own ``run.py`` process, ``--workers`` at a time with ``--threads`` CPU threads e
 Tasks are the files of ``conf/task`` (passed as ``task=<name>``). Methods on the digit tasks (m2u,
 u2m, mnistm): ``cgdm``, ``mcd`` (the MCD / CGDM table),
 ``cdan_e_<norm>`` for norm in bn, adabn, dsbn, transnorm, rn (the normalization table,
-``experiment=norm_digits_cdan_e``), ``fixmatch`` and ``source_only`` (the FixMatch table), and ``dann``, ``cdan_e`` and the
+``experiment=digits/norm_cdan_e``), ``fixmatch`` and ``source_only`` (the FixMatch table), and ``dann``, ``cdan_e`` and the
 issue-20 methods (``dan``, ``jan``, ``coral``, ``mcc``, ``bnm``, ``afn``, ``bsp``, ``mdd``, ``adda``,
-``self_ensemble``, ``cc_loss``, ``shot``: ``experiment=digits_<name>``; SHOT on u2m also needs
+``self_ensemble``, ``cc_loss``, ``shot``: ``experiment=digits/<name>``; SHOT on u2m also needs
 ``-- method.source_epochs=1``). On the
 Office-Caltech10 tasks (a2w, w2a, c2d, d2c, ...: first letters of amazon, caltech, dslr, webcam):
-``oc_fixmatch``, ``oc_source_only``, ``oc_source_only_adabn`` (EfficientNet-Lite0, ``experiment=office_caltech_base``) and
-``oc_cdan_e_bn`` / ``oc_cdan_e_dsbn`` / ``oc_cdan_e_rn`` (``experiment=norm_office_caltech_cdan_e``).
+``oc_fixmatch``, ``oc_source_only``, ``oc_source_only_adabn`` (EfficientNet-Lite0, ``experiment=office_caltech/_protocol``) and
+``oc_cdan_e_bn`` / ``oc_cdan_e_dsbn`` / ``oc_cdan_e_rn`` (``experiment=office_caltech/norm_cdan_e``).
 ``<m>_tllib`` runs TLlib's published digits protocol with TLlib's per-method settings
-(``experiment=digits_<m>_tllib``: batch 128, 50,000 steps; each experiment's header gives its U -> M lr,
+(``experiment=digits_tllib/<m>``: batch 128, 50,000 steps; each experiment's header gives its U -> M lr,
 e.g. ``-- optimizer.lr=0.1``) for m in dann, cdan_e, dan, jan, mcc, mdd, afn, bsp, adda, cc_loss, mcd,
 source_only.
 
@@ -42,17 +42,17 @@ from benchmarks import records
 ROOT = Path(__file__).resolve().parents[1]
 #: the digit and Office-Caltech10 image tasks of conf/task (``task=<name>`` on top of the method's experiment)
 TASKS = sorted(p.stem for p in (ROOT / "conf" / "task").glob("*.yaml") if not p.stem.startswith("surf_"))
-EXPERIMENTS = {"cgdm": ["experiment=cgdm_digits"], "mcd": ["experiment=mcd_digits"],
-               **{f"cdan_e_{norm}": ["experiment=norm_digits_cdan_e", f"norm={norm}"]
+EXPERIMENTS = {"cgdm": ["experiment=digits/cgdm"], "mcd": ["experiment=digits/mcd"],
+               **{f"cdan_e_{norm}": ["experiment=digits/norm_cdan_e", f"norm={norm}"]
                   for norm in ("bn", "adabn", "dsbn", "transnorm", "rn")},
-               "fixmatch": ["experiment=fixmatch_digits"], "source_only": ["experiment=digits_source_only"],
-               **{m: [f"experiment=digits_{m}"] for m in ("dann", "cdan_e", "dan", "jan", "coral", "mcc", "bnm", "afn",
+               "fixmatch": ["experiment=digits/fixmatch"], "source_only": ["experiment=digits/source_only"],
+               **{m: [f"experiment=digits/{m}"] for m in ("dann", "cdan_e", "dan", "jan", "coral", "mcc", "bnm", "afn",
                                                           "bsp", "mdd", "adda", "self_ensemble", "cc_loss", "shot")},
-               "oc_fixmatch": ["experiment=fixmatch_office_caltech"], "oc_source_only": ["experiment=office_caltech_source_only"],
-               "oc_source_only_adabn": ["experiment=office_caltech_source_only", "norm=adabn"],
-               **{f"oc_cdan_e_{norm}": ["experiment=norm_office_caltech_cdan_e", f"norm={norm}"] for norm in ("bn", "dsbn", "rn")},
+               "oc_fixmatch": ["experiment=office_caltech/fixmatch"], "oc_source_only": ["experiment=office_caltech/source_only"],
+               "oc_source_only_adabn": ["experiment=office_caltech/source_only", "norm=adabn"],
+               **{f"oc_cdan_e_{norm}": ["experiment=office_caltech/norm_cdan_e", f"norm={norm}"] for norm in ("bn", "dsbn", "rn")},
                # TLlib's published digits protocol (batch 128, 50,000 steps) with TLlib's per-method settings
-               **{f"{m}_tllib": [f"experiment=digits_{m}_tllib"]
+               **{f"{m}_tllib": [f"experiment=digits_tllib/{m}"]
                   for m in ("dann", "cdan_e", "dan", "jan", "mcc", "mdd", "afn", "bsp", "adda", "cc_loss", "mcd",
                             "source_only")}}
 

@@ -8,7 +8,7 @@ with target labels, what the SSAN paper reported).
 
 Each (method, task, split) is one :func:`lightning_da.train.train` call in this process (the
 library's Lightning path, full-batch DataModule), composed from ``conf/`` like ``run.py`` as
-``experiment=ssan_surf_decaf task=surf_decaf_<t> method=<method> data.split=<i>``, written to
+``experiment=hda/ssan task=surf_decaf_<t> method=<method> data.split=<i>``, written to
 ``<out>/<method>_<task>/split<i>/results.json``; its checkpoints are deleted afterwards. A split
 whose results.json exists is skipped, so the grid can be spread over several sittings.
 ``--report`` only aggregates what is there (``<out>/summary.json`` and a table).
@@ -30,8 +30,8 @@ from pathlib import Path
 LETTER = {"a": "amazon", "c": "caltech", "d": "dslr", "w": "webcam"}
 DECAF_TASKS = ["c2d", "c2w", "a2d", "a2w", "d2d", "d2w", "w2d", "w2w"]
 #: SURF -> DeCAF6: one experiment, the task from conf/task/surf_decaf_<t>.yaml
-TASKS = {t: ["experiment=ssan_surf_decaf", f"task=surf_decaf_{t}"] for t in DECAF_TASKS}
-TASKS.update({f"{s}2{t}_googlenet": ["experiment=ssan_surf_googlenet", f"data.source={LETTER[s]}_surf",
+TASKS = {t: ["experiment=hda/ssan", f"task=surf_decaf_{t}"] for t in DECAF_TASKS}
+TASKS.update({f"{s}2{t}_googlenet": ["experiment=hda/ssan_googlenet", f"data.source={LETTER[s]}_surf",
                                      f"data.target={LETTER[t]}_googlenet"] for s in "acdw" for t in "adw"})
 #: CDSPP (Pattern Recognition 2022) Table 3, SURF -> DeCAF6: SSAN as re-run by CDSPP (last
 #: iteration), STN, CDSPP (specs/benchmarks.md section 2)

@@ -32,7 +32,7 @@ config's ``bottleneck: {dim: 1000, batch_norm: true, relu: true, dropout: 0.5}``
 
 The optimiser is config: TLlib's SGD has momentum 0.9 on the bottleneck and head only (none on the
 backbone: ``group_options: {backbone: {momentum: 0.0}}``), no nesterov, and a constant learning rate
-(``experiment=digits_afn_tllib`` pins all three).
+(``experiment=digits_tllib/afn`` pins all three).
 """
 
 from __future__ import annotations
