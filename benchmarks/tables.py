@@ -3,7 +3,7 @@
     python -m benchmarks.tables            # rewrite the tables in the docs pages (and the README summary)
     python -m benchmarks.tables --check    # exit 1, naming them, if a committed table differs from its records
 
-The tables are declared in ``results/tables.yaml``: for each, the page it lives in, the records folder
+The tables are declared in ``results/tables/*.yaml`` (one file per docs page): for each, the page it lives in, the records folder
 (``results/<records>/``), its rows (experiment, task, label, the published number it is compared
 with) and its columns. In the page, a table sits between ``<!-- results:<id> -->`` and
 ``<!-- /results:<id> -->``; everything between the two marks is generated, so a number in a table is
@@ -30,18 +30,32 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
-SPEC = RESULTS / "tables.yaml"
+SPEC = RESULTS / "tables"
 #: columns a table can show, and their headers (``best`` names the monitor of its records)
 COLUMNS = ("seeds", "last", "best", "oracle", "last_mean_class", "published", "command")
 DAGGER = "†"
 
 
+def canonical(experiment: str) -> str:
+    """An experiment's current name: an old name forwards to its new one (``renamed_experiment`` of its
+    file under ``conf/experiment``), so records written under the old name stay in their rows."""
+    path = ROOT / "conf" / "experiment" / f"{experiment}.yaml"
+    if path.is_file():
+        forward = (yaml.safe_load(path.read_text()) or {}).get("renamed_experiment")
+        if forward:
+            return forward["new"]
+    return experiment
+
+
 def load_records(folder: str) -> list[dict]:
-    """Every record under ``results/<folder>/``."""
+    """Every record under ``results/<folder>/``, its experiment under its current name."""
     base = RESULTS / folder
     if not base.is_dir():
         return []
-    return [json.loads(p.read_text()) for p in sorted(base.rglob("*.json"))]
+    records = [json.loads(p.read_text()) for p in sorted(base.rglob("*.json"))]
+    for r in records:
+        r["experiment"] = canonical(r["experiment"])
+    return records
 
 
 def row_records(records: list[dict], row: dict) -> list[dict]:
@@ -106,6 +120,16 @@ def best_header(records: list[dict]) -> str:
     return f"best by `{monitors[0]}`" if len(monitors) == 1 else "best (by the run's monitor)"
 
 
+def task_label(task: str) -> str:
+    """``m2u`` -> ``M -> U``, ``surf_decaf_c2d`` -> ``C -> D``, ``mnistm`` -> ``M -> MNIST-M``."""
+    if task == "mnistm":
+        return "M -> MNIST-M"
+    pair = task.rsplit("_", 1)[-1]
+    if len(pair) == 3 and pair[1] == "2":
+        return f"{pair[0].upper()} -> {pair[2].upper()}"
+    return task
+
+
 HEADERS = {"seeds": "seeds", "last": "last", "oracle": "oracle", "last_mean_class": "last, mean per class",
            "published": "published", "command": "command"}
 
@@ -124,7 +148,7 @@ def render(table: dict) -> str:
     for row in table["rows"]:
         recs = row_records(records, row)
         any_transcribed |= any(r.get("source") == "transcribed" for r in recs)
-        cells = [str(row.get(k, "")) for k in labels]
+        cells = [row.get("task_label", task_label(row["task"])) if k == "task" else str(row.get(k, "")) for k in labels]
         for c in columns:
             if c == "seeds":
                 cells.append(seeds_of(recs))
@@ -154,12 +178,13 @@ def generated_page(text: str, table: dict) -> str:
     return f"{head}{start}\n{render(table)}\n{end}{tail}"
 
 
-def load_spec(path: Path = SPEC) -> list[dict[str, Any]]:
-    tables = yaml.safe_load(path.read_text())["tables"]
+def load_spec(folder: Path | None = None) -> list[dict[str, Any]]:
+    """Every table declared in ``results/tables/*.yaml`` (each file: ``tables: [...]``)."""
+    tables = [t for path in sorted((folder or SPEC).glob("*.yaml")) for t in (yaml.safe_load(path.read_text())["tables"] or [])]
     ids = [t["id"] for t in tables]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:
-        raise ValueError(f"{path}: table ids used twice: {dup}")
+        raise ValueError(f"results/tables: table ids used twice: {dup}")
     return tables
 
 
