@@ -9,6 +9,7 @@ with) and its columns. In the page, a table sits between ``<!-- results:<id> -->
 ``<!-- /results:<id> -->``; everything between the two marks is generated, so a number in a table is
 always one a record holds.
 
+A row may name its own records folder (``records:``), e.g. a summary table over several benchmarks.
 A record (``benchmarks/records.py``) is one run: ``results/<records>/<experiment>/<task>/seed<k>.json``
 with ``metrics.last`` / ``metrics.best`` / ``metrics.oracle``. A cell is the mean ± sample standard
 deviation over the row's seeds, in percent. Records marked ``"source": "transcribed"`` hold numbers
@@ -136,7 +137,7 @@ HEADERS = {"seeds": "seeds", "last": "last", "oracle": "oracle", "last_mean_clas
 
 def render(table: dict) -> str:
     """The Markdown of one table (without its marks)."""
-    records = load_records(table["records"])
+    records = load_records(table["records"]) if "records" in table else []
     columns = table.get("columns", ["seeds", "last", "best", "oracle", "published"])
     unknown = sorted(set(columns) - set(COLUMNS))
     if unknown:
@@ -146,7 +147,7 @@ def render(table: dict) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     any_transcribed = False
     for row in table["rows"]:
-        recs = row_records(records, row)
+        recs = row_records(load_records(row["records"]) if "records" in row else records, row)
         any_transcribed |= any(r.get("source") == "transcribed" for r in recs)
         cells = [row.get("task_label", task_label(row["task"])) if k == "task" else str(row.get(k, "")) for k in labels]
         for c in columns:
