@@ -9,8 +9,8 @@ import copy
 import torch
 import torch.nn.functional as F
 
-from step_replay import (BOTTLENECK, LR, MOMENTUM, WD, TinyBackbone, assert_close_logs, assert_same_state,
-                         run_one_batch, sgd)
+from step_replay import (BOTTLENECK, LR, MOMENTUM, WD, TinyBackbone, assert_close_logs, assert_same_state, forward,
+                         mean_entropy, run_one_batch, sgd)
 
 
 def sized_batch(ns: int = 5, nt: int = 7, seed: int = 0):
@@ -32,16 +32,14 @@ def replay_one_loss(ref, b, transfer, trade_off, lr_mult, negate=(), w_ent=0.0):
     (xs, ys), (xt, _) = b["source"], b["target"]
     ns = len(xs)
     ref.train()
-    f = ref.bottleneck(ref.backbone(torch.cat([xs, xt])))
-    z = ref.classifier(f)
+    f, z = forward(ref, torch.cat([xs, xt]))
     loss_cls = F.cross_entropy(z[:ns], ys)
     loss_t = transfer(ref, f, z, ns)
     loss = loss_cls + trade_off * loss_t
     logs = {"train/loss_cls": loss_cls, "train/loss_transfer": loss_t,
             "train/source_acc": (z[:ns].argmax(1) == ys).float().mean()}
     if w_ent:
-        p_t = z[ns:].softmax(1)
-        ent = -(p_t * torch.log(p_t + 1e-5)).sum(1).mean()
+        ent = mean_entropy(z[ns:])
         loss = loss + w_ent * ent
         logs["train/loss_entropy"] = ent
     logs["train/loss"] = loss
