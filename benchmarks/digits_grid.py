@@ -8,7 +8,7 @@ Tasks are the files of ``conf/task`` (passed as ``task=<name>``). Methods on the
 u2m, mnistm): ``cgdm``, ``mcd`` (the MCD / CGDM table),
 ``cdan_e_<norm>`` for norm in bn, adabn, dsbn, transnorm, rn (the normalization table,
 ``experiment=digits/norm_cdan_e``), ``fixmatch`` and ``source_only`` (the FixMatch table), and ``dann``, ``cdan_e`` and the
-issue-20 methods (``dan``, ``jan``, ``coral``, ``mcc``, ``bnm``, ``afn``, ``bsp``, ``mdd``, ``adda``,
+other UDA methods (``dan``, ``jan``, ``coral``, ``mcc``, ``bnm``, ``afn``, ``bsp``, ``mdd``, ``adda``,
 ``self_ensemble``, ``cc_loss``, ``shot``: ``experiment=digits/<name>``; SHOT on u2m also needs
 ``-- method.source_epochs=1``). On the
 Office-Caltech10 tasks (a2w, w2a, c2d, d2c, ...: first letters of amazon, caltech, dslr, webcam):

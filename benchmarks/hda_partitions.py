@@ -13,7 +13,7 @@ library's Lightning path, full-batch DataModule), composed from ``conf/`` like `
 whose results.json exists is skipped, so the grid can be spread over several sittings.
 ``--report`` only aggregates what is there (``<out>/summary.json`` and a table).
 
-Tasks: the 8 SURF -> DeCAF6 tasks of specs/benchmarks.md section 2 (pre-drawn splits of the
+Tasks: the 8 SURF -> DeCAF6 tasks of ``conf/task/surf_decaf_*.yaml`` (pre-drawn splits of the
 DeCAF6 files) and SURF -> GoogLeNet tasks ``<s>2<t>_googlenet`` (random 3 per class per split).
 """
 
@@ -34,7 +34,7 @@ TASKS = {t: ["experiment=hda/ssan", f"task=surf_decaf_{t}"] for t in DECAF_TASKS
 TASKS.update({f"{s}2{t}_googlenet": ["experiment=hda/ssan_googlenet", f"data.source={LETTER[s]}_surf",
                                      f"data.target={LETTER[t]}_googlenet"] for s in "acdw" for t in "adw"})
 #: CDSPP (Pattern Recognition 2022) Table 3, SURF -> DeCAF6: SSAN as re-run by CDSPP (last
-#: iteration), STN, CDSPP (specs/benchmarks.md section 2)
+#: iteration), STN, CDSPP
 PUBLISHED = {"SSAN (CDSPP re-run)": [95.8, 94.2, 93.1, 93.1, 93.9, 82.6, 93.5, 95.0],
              "STN": [94.4, 92.8, 95.0, 93.9, 94.4, 93.3, 93.9, 92.2],
              "CDSPP": [95.6, 94.1, 95.7, 94.6, 93.5, 94.7, 95.7, 94.3]}
