@@ -129,5 +129,6 @@ def write_record(run_dir: Path, *, benchmark: str, experiment: str, task: str, s
 
 def load_records(benchmark: str, root: Path | None = None) -> list[dict]:
     """Every record of ``benchmark``, sorted by experiment, task and seed."""
-    recs = [json.loads(p.read_text()) for p in ((root or RESULTS) / benchmark).glob("*/*/seed*.json")]
+    # <experiment>/<task>/seed<k>.json, where an experiment's name may hold a "/" (digits_tllib/dann)
+    recs = [json.loads(p.read_text()) for p in sorted(((root or RESULTS) / benchmark).rglob("seed*.json"))]
     return sorted(recs, key=lambda r: (r["experiment"], r["task"], r["seed"]))

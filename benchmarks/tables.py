@@ -32,6 +32,7 @@ gave no per-seed values.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
@@ -54,7 +55,12 @@ DAGGER = "†"
 def canonical(experiment: str) -> str:
     """An experiment's current name: an old name forwards to its new one (``renamed_experiment`` of its
     file under ``conf/experiment``), so records written under the old name stay in their rows."""
-    path = ROOT / "conf" / "experiment" / f"{experiment}.yaml"
+    return _canonical(ROOT, experiment)
+
+
+@functools.lru_cache(maxsize=None)
+def _canonical(root: Path, experiment: str) -> str:
+    path = root / "conf" / "experiment" / f"{experiment}.yaml"
     if path.is_file():
         forward = (yaml.safe_load(path.read_text()) or {}).get("renamed_experiment")
         if forward:
