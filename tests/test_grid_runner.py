@@ -83,3 +83,20 @@ def test_grid_writes_a_result_record_when_a_run_finishes(tmp_path, monkeypatch):
     path.unlink()                                                     # a finished run without its record gets one
     assert "record" in digits_grid.run_one(("dan_tllib", "m2u", 2), a) and path.exists()
     assert "record" not in digits_grid.run_one(("dan_tllib", "m2u", 2), a)   # and only once
+
+
+def test_records_table_gives_mean_and_std_over_seeds(tmp_path):
+    import json
+
+    from benchmarks import records
+
+    for seed, (last, best, oracle) in enumerate([(0.90, 0.89, 0.92), (0.92, 0.91, 0.94)]):
+        res = {**FAKE_RESULTS, "seed": seed, "last": {"test/target_acc": last, "test/target_acc_mean_class": last},
+               "best": {**FAKE_RESULTS["best"], "test/target_acc": best}, "oracle": {"epoch": 3, "val/target_acc": oracle}}
+        (tmp_path / f"r{seed}").mkdir()
+        (tmp_path / f"r{seed}" / "results.json").write_text(json.dumps(res))
+        records.write_record(tmp_path / f"r{seed}", benchmark="b", experiment="digits_dan_tllib", task="m2u", seed=seed,
+                             command=["python", "run.py", "experiment=digits_dan_tllib"], root=tmp_path / "results")
+    row = records.table("b", root=tmp_path / "results").splitlines()[-1]
+    assert row == ("| digits_dan_tllib | m2u | 0, 1 | 91.00 ± 1.41 | 90.00 ± 1.41 (val/source_acc) | 93.00 ± 1.41 | "
+                   "90.00 / 92.00 |")

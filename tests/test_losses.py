@@ -113,6 +113,16 @@ def test_mcc_numpy():
     assert EXTRA_LOSSES["mcc"](torch.tensor(z)).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_class_balance_numpy():
+    """TLlib's MCD 'entropy': -1/K sum_k log(mean_i p_ik + 1e-6), lowest (log K) for a balanced mean prediction."""
+    z = np.random.default_rng(3).normal(size=(6, 4)) * 3
+    expected = -np.mean(np.log(softmax_np(z).mean(0) + 1e-6))
+    assert EXTRA_LOSSES["class_balance"](torch.tensor(z)).item() == pytest.approx(expected, rel=1e-6)
+    balanced = torch.tensor([[9.0, 0, 0, 0], [0, 9.0, 0, 0], [0, 0, 9.0, 0], [0, 0, 0, 9.0]])
+    assert EXTRA_LOSSES["class_balance"](balanced).item() == pytest.approx(math.log(4), rel=1e-4)
+    assert EXTRA_LOSSES["class_balance"](balanced[[0, 0, 0, 1]]).item() > math.log(4) + 0.5
+
+
 def test_extra_loss_weighting_and_unknown_name():
     z = torch.randn(4, 3)
     total, terms = ExtraLoss({"entropy": 0.5, "im": 2.0})(z)
