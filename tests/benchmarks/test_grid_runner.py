@@ -17,7 +17,7 @@ def test_grid_runs_resume_from_last_checkpoint_with_the_requested_threads(tmp_pa
 
     assert digits_grid.run_one(("dann_tllib", "u2m", 1), args(tmp_path)).startswith("done")
     cmd, env = calls[-1]
-    assert cmd[2:] == ["experiment=digits_dann_tllib", "task=u2m", "seed=1", "paths.data_dir=DATA",
+    assert cmd[2:] == ["experiment=digits_tllib/dann", "task=u2m", "seed=1", "paths.data_dir=DATA",
                        f"hydra.run.dir={run_dir}", "optimizer.lr=0.1"]          # a fresh run: no ckpt_path
     assert env["OMP_NUM_THREADS"] == env["MKL_NUM_THREADS"] == "1"
 
@@ -61,17 +61,17 @@ def test_grid_writes_a_result_record_when_a_run_finishes(tmp_path, monkeypatch):
     a = argparse.Namespace(out=str(tmp_path / "out"), data="DATA", overrides=["data.batch_size=32"], threads=1,
                            record="digits_tllib_equal_budget")
     line = digits_grid.run_one(("dan_tllib", "m2u", 2), a)
-    path = tmp_path / "results" / "digits_tllib_equal_budget" / "digits_dan_tllib" / "m2u" / "seed2.json"
+    path = tmp_path / "results" / "digits_tllib_equal_budget" / "digits_tllib" / "dan" / "m2u" / "seed2.json"
     assert line.startswith("done") and str(path) in line
     rec = json.loads(path.read_text())
-    assert rec["source"] == "run" and (rec["experiment"], rec["task"], rec["seed"]) == ("digits_dan_tllib", "m2u", 2)
+    assert rec["source"] == "run" and (rec["experiment"], rec["task"], rec["seed"]) == ("digits_tllib/dan", "m2u", 2)
     m = rec["metrics"]
     assert m["last"] == {"target_acc": 0.91, "target_acc_mean_class": 0.9} and (m["steps"], m["epochs"]) == (5000, 10)
     assert m["best"] == {"monitor": "val/source_acc", "monitor_value": 0.992, "epoch": 7, "oracle": False,
                          "target_acc": 0.905, "target_acc_mean_class": 0.899}
     assert m["oracle"] == {"epoch": 8, "target_acc": 0.93}
     assert rec["val_per_epoch"][3] == {"epoch": 3, "target_acc": 0.83, "source_acc": 0.98}
-    assert rec["overrides"] == ["experiment=digits_dan_tllib", "task=m2u", "seed=2", "paths.data_dir=DATA",
+    assert rec["overrides"] == ["experiment=digits_tllib/dan", "task=m2u", "seed=2", "paths.data_dir=DATA",
                                 "data.batch_size=32"]                 # not the output folder
     assert f"hydra.run.dir={run_dir}" in rec["command"] and rec["command"].split()[1].endswith("run.py")
     assert len(rec["git_commit"]) == 40 and set(rec["versions"]) == {"lightning-da", "torch", "lightning"}
@@ -83,3 +83,20 @@ def test_grid_writes_a_result_record_when_a_run_finishes(tmp_path, monkeypatch):
     path.unlink()                                                     # a finished run without its record gets one
     assert "record" in digits_grid.run_one(("dan_tllib", "m2u", 2), a) and path.exists()
     assert "record" not in digits_grid.run_one(("dan_tllib", "m2u", 2), a)   # and only once
+
+
+def test_records_table_gives_mean_and_std_over_seeds(tmp_path):
+    import json
+
+    from benchmarks import records
+
+    for seed, (last, best, oracle) in enumerate([(0.90, 0.89, 0.92), (0.92, 0.91, 0.94)]):
+        res = {**FAKE_RESULTS, "seed": seed, "last": {"test/target_acc": last, "test/target_acc_mean_class": last},
+               "best": {**FAKE_RESULTS["best"], "test/target_acc": best}, "oracle": {"epoch": 3, "val/target_acc": oracle}}
+        (tmp_path / f"r{seed}").mkdir()
+        (tmp_path / f"r{seed}" / "results.json").write_text(json.dumps(res))
+        records.write_record(tmp_path / f"r{seed}", benchmark="b", experiment="digits_dan_tllib", task="m2u", seed=seed,
+                             command=["python", "run.py", "experiment=digits_dan_tllib"], root=tmp_path / "results")
+    row = records.table("b", root=tmp_path / "results").splitlines()[-1]
+    assert row == ("| digits_dan_tllib | m2u | 0, 1 | 91.00 ± 1.41 | 90.00 ± 1.41 (val/source_acc) | 93.00 ± 1.41 | "
+                   "90.00 / 92.00 |")

@@ -1,5 +1,5 @@
-"""The extra-loss terms (losses/regularizers.py): information maximisation, BNM and MCC against numpy and
-element loops, MCC's TLlib form (column normalisation) against the library's row normalisation, and
+"""The extra-loss terms (losses/regularizers.py): information maximisation, BNM, MCC and the class balance
+against numpy and element loops, MCC's TLlib form (column normalisation) against the library's row normalisation, and
 the weighting of the configured terms."""
 
 import math
@@ -42,6 +42,16 @@ def test_mcc_numpy():
     conf = conf / conf.sum(1, keepdims=True)
     expected = (conf.sum() - np.trace(conf)) / 3
     assert EXTRA_LOSSES["mcc"](torch.tensor(z)).item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_class_balance_numpy():
+    """TLlib's MCD 'entropy': -1/K sum_k log(mean_i p_ik + 1e-6), lowest (log K) for a balanced mean prediction."""
+    z = np.random.default_rng(3).normal(size=(6, 4)) * 3
+    expected = -np.mean(np.log(softmax_np(z).mean(0) + 1e-6))
+    assert EXTRA_LOSSES["class_balance"](torch.tensor(z)).item() == pytest.approx(expected, rel=1e-6)
+    balanced = torch.tensor([[9.0, 0, 0, 0], [0, 9.0, 0, 0], [0, 0, 9.0, 0], [0, 0, 0, 9.0]])
+    assert EXTRA_LOSSES["class_balance"](balanced).item() == pytest.approx(math.log(4), rel=1e-4)
+    assert EXTRA_LOSSES["class_balance"](balanced[[0, 0, 0, 1]]).item() > math.log(4) + 0.5
 
 
 def test_extra_loss_weighting_and_unknown_name():
