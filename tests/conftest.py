@@ -25,10 +25,7 @@ FEATURES = SHARED_DATA / "office_caltech10" / "features"
 
 
 # quick-run overrides: a few steps, small evaluation, no progress bar
-QUICK = ["trainer.max_epochs=1", "data.iters_per_epoch=4", "data.batch_size=16", "trainer.enable_progress_bar=false",
-         "+trainer.limit_val_batches=2", "+trainer.limit_test_batches=2", "data.eval_batch_size=64",
-         "trainer.log_every_n_steps=1", "callbacks.validators.max_samples=300", "callbacks.visuals.max_per_domain=40",
-         "callbacks.visuals.iters=250"]
+QUICK = ["debug=quick"]  # conf/debug/quick.yaml: a few steps through everything, at the smallest sizes
 
 
 # a few steps of an experiment config (2 batches of 4), on images at 64 px read in the test process

@@ -14,7 +14,7 @@ QUICK_HDA = ["data.steps_per_epoch=6", "trainer.log_every_n_steps=2", "logger=cs
 @needs_shared(FEATURES)
 @pytest.mark.parametrize("method", ["ssan", "hda_net", "target_only"])
 def test_hda_methods_through_run_config(tmp_path, method):
-    cfg = make_cfg(tmp_path, ["experiment=ssan_surf_decaf", "task=surf_decaf_d2d", f"method={method}", f"paths.data_dir={SHARED_DATA}",
+    cfg = make_cfg(tmp_path, ["experiment=hda/ssan", "task=surf_decaf_d2d", f"method={method}", f"paths.data_dir={SHARED_DATA}",
                               "data.split=4", *QUICK_HDA])
     res = train(cfg)
     assert res["steps"] == 6 and res["task"] == "dslr_surf->dslr_decaf"
@@ -31,7 +31,7 @@ def test_hda_methods_through_run_config(tmp_path, method):
 
 @needs_shared(FEATURES)
 def test_surf_to_googlenet_with_random_split(tmp_path):
-    cfg = make_cfg(tmp_path, ["experiment=ssan_surf_googlenet", "data.source=dslr_surf", "data.target=webcam_googlenet",
+    cfg = make_cfg(tmp_path, ["experiment=hda/ssan_googlenet", "data.source=dslr_surf", "data.target=webcam_googlenet",
                               f"paths.data_dir={SHARED_DATA}", "data.split=2", *QUICK_HDA])
     res = train(cfg)
     assert res["task"] == "dslr_surf->webcam_googlenet" and 0.0 <= res["last"]["test/target_acc"] <= 1.0
@@ -49,7 +49,7 @@ def test_shda_config_runs_on_the_shda_layout(tmp_path):
         cells["training_features"][0, i], cells["training_labels"][0, i] = rng.random((6, 5)), (np.arange(6) % 3 + 1)[:, None]
         cells["testing_features"][0, i], cells["testing_labels"][0, i] = rng.random((10 + i, 5)), (np.arange(10 + i) % 3 + 1)[:, None]
     scipy.io.savemat(tmp_path / "tgt.mat", cells)
-    cfg = make_cfg(tmp_path / "run", ["experiment=ssan_shda", f"data.root={tmp_path}", "data.domains.source.path=src.mat",
+    cfg = make_cfg(tmp_path / "run", ["experiment=hda/ssan_shda", f"data.root={tmp_path}", "data.domains.source.path=src.mat",
                                       "data.domains.target.path=tgt.mat", "data.split=1", *QUICK_HDA])
     from hydra.utils import instantiate
 

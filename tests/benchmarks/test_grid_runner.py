@@ -96,7 +96,7 @@ def test_records_table_gives_mean_and_std_over_seeds(tmp_path):
         (tmp_path / f"r{seed}").mkdir()
         (tmp_path / f"r{seed}" / "results.json").write_text(json.dumps(res))
         records.write_record(tmp_path / f"r{seed}", benchmark="b", experiment="digits_dan_tllib", task="m2u", seed=seed,
-                             command=["python", "run.py", "experiment=digits_dan_tllib"], root=tmp_path / "results")
+                             command=["python", "run.py", "experiment=digits_tllib/dan"], root=tmp_path / "results")
     row = records.table("b", root=tmp_path / "results").splitlines()[-1]
     assert row == ("| digits_dan_tllib | m2u | 0, 1 | 91.00 ± 1.41 | 90.00 ± 1.41 (val/source_acc) | 93.00 ± 1.41 | "
                    "90.00 / 92.00 |")

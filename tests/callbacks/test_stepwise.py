@@ -13,7 +13,7 @@ def test_stepwise_oracle_is_the_best_step_accuracy(tmp_path):
 
     from lightning_da.train import build
 
-    cfg = make_cfg(tmp_path, ["experiment=ssan_surf_decaf", "task=surf_decaf_d2d", "method=hda_net", f"paths.data_dir={SHARED_DATA}",
+    cfg = make_cfg(tmp_path, ["experiment=hda/ssan", "task=surf_decaf_d2d", "method=hda_net", f"paths.data_dir={SHARED_DATA}",
                               "data.steps_per_epoch=5", "logger=none", "callbacks=none", "optimizer.lr=1.0"])
     dm, model, trainer = build(cfg)
     accs = []

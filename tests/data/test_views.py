@@ -11,7 +11,7 @@ from lightning_da.train import build
 
 
 def test_strong_view_batches_on_digits(tmp_path):
-    cfg = make_cfg(tmp_path, ["experiment=fixmatch_digits", "data=digits_bundled", *FEW])
+    cfg = make_cfg(tmp_path, ["experiment=digits/fixmatch", "data=digits_bundled", *FEW])
     dm, model, _ = build(cfg)
     assert model.needs.strong_view and dm.strong_target_view
     dm.setup("fit")

@@ -100,7 +100,7 @@ def test_m2can_refuses_unused_options(option):
 
 
 def test_mcd_refuses_trade_off_through_run_py(tmp_path):
-    cfg = make_cfg(tmp_path, ["experiment=mcd_digits", "data=digits_bundled", "+method.trade_off=0.3", *QUICK])
+    cfg = make_cfg(tmp_path, ["experiment=digits/mcd", "data=digits_bundled", "+method.trade_off=0.3", *QUICK])
     with pytest.raises(Exception, match=r"MCD does not use the option\(s\) \['trade_off'\].*method\.trade_off"):
         build(cfg)
 

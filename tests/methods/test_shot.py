@@ -229,7 +229,7 @@ def test_digits_shot_through_the_app(tmp_path):
     from lightning_da.train import train
 
     quick = [o for o in QUICK if not o.startswith("callbacks.")] + ["callbacks=none"]  # validators, visuals: +25 s
-    res = train(make_cfg(tmp_path, quick + ["experiment=digits_shot", f"paths.data_dir={SHARED_DATA}",
+    res = train(make_cfg(tmp_path, quick + ["experiment=digits/shot", f"paths.data_dir={SHARED_DATA}",
                                             "trainer.max_epochs=2", "method.source_epochs=1", "logger=csv"]))
     assert res["steps"] == 2 * 4
     assert math.isfinite(res["last"]["test/target_acc"])

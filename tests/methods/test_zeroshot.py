@@ -50,7 +50,7 @@ def test_zeroshot_training_step_raises():
 
 
 def test_zeroshot_method_evaluates_without_training(tmp_path, office_subset):
-    cfg = make_cfg(tmp_path, ["experiment=cmkd_base", "method=zeroshot", "data=office_caltech10",
+    cfg = make_cfg(tmp_path, ["experiment=_common/cmkd", "method=zeroshot", "data=office_caltech10",
                               f"data.root={office_subset}", *SMALL, *FEW])
     res = train(cfg)
     assert res["method"] == "ZeroShotCLIP" and res["steps"] == 0 and 0 <= res["last"]["test/target_acc"] <= 1
