@@ -40,8 +40,11 @@ RESULTS = ROOT / "results"
 LOCATION_KEYS = ("hydra.run.dir=", "ckpt_path=")
 
 
-def record_path(benchmark: str, experiment: str, task: str, seed: int, root: Path | None = None) -> Path:
-    return (root or RESULTS) / benchmark / experiment / task / f"seed{seed}.json"
+def record_path(benchmark: str, experiment: str, task: str, seed: int, root: Path | None = None,
+                split: int | None = None, folder: str | None = None) -> Path:
+    """``results/<benchmark>/<folder or experiment>/<task>/seed<k>.json`` (``split<k>.json`` for a data split)."""
+    name = f"split{split}.json" if split is not None else f"seed{seed}.json"
+    return (root or RESULTS) / benchmark / (folder or experiment) / task / name
 
 
 def _git(*args: str) -> str | None:
@@ -96,7 +99,8 @@ def code_state() -> dict[str, Any]:
 
 
 def build_record(results: dict, *, benchmark: str, experiment: str, task: str, seed: int, command: list[str],
-                 threads: int | None = None, sittings: int = 1, code: dict | None = None) -> dict[str, Any]:
+                 threads: int | None = None, sittings: int = 1, code: dict | None = None,
+                 split: int | None = None) -> dict[str, Any]:
     """The record of a run (module docstring); ``code``: :func:`code_state` when the run started (default: now)."""
     per_epoch = [{"epoch": row.get("epoch"), **{k.split("/", 1)[1]: row[k] for k in ("val/target_acc", "val/source_acc")
                                                  if k in row}} for row in results.get("history", [])]
@@ -113,16 +117,19 @@ def build_record(results: dict, *, benchmark: str, experiment: str, task: str, s
                      "lightning": _version("lightning")},
         "wall_time_s": results.get("wall_time_s"), "sittings": sittings,
         "machine": machine(threads),
+        **({"split": split} if split is not None else {}),
     }
 
 
 def write_record(run_dir: Path, *, benchmark: str, experiment: str, task: str, seed: int, command: list[str],
-                 threads: int | None = None, sittings: int = 1, code: dict | None = None, root: Path | None = None) -> Path:
-    """Write the record of the finished run in ``run_dir`` (its ``results.json``); returns its path."""
+                 threads: int | None = None, sittings: int = 1, code: dict | None = None, root: Path | None = None,
+                 split: int | None = None, folder: str | None = None) -> Path:
+    """Write the record of the finished run in ``run_dir`` (its ``results.json``); returns its path.
+    ``split``: the run is one data split (heterogeneous DA); ``folder``: its folder instead of the experiment's."""
     results = json.loads((Path(run_dir) / "results.json").read_text())
     rec = build_record(results, benchmark=benchmark, experiment=experiment, task=task, seed=seed, command=command,
-                       threads=threads, sittings=sittings, code=code)
-    path = record_path(benchmark, experiment, task, seed, root)
+                       threads=threads, sittings=sittings, code=code, split=split)
+    path = record_path(benchmark, experiment, task, seed, root, split=split, folder=folder)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(rec, indent=1) + "\n")

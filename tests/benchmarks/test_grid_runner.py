@@ -2,8 +2,9 @@
 last checkpoint and gives each run the requested CPU threads; no training is run here."""
 
 import argparse
+import json
 
-from benchmarks import digits_grid
+from benchmarks import digits_grid, records
 
 
 def args(tmp_path, threads=1):
@@ -100,3 +101,24 @@ def test_records_table_gives_mean_and_std_over_seeds(tmp_path):
     row = records.table("b", root=tmp_path / "results").splitlines()[-1]
     assert row == ("| digits_dan_tllib | m2u | 0, 1 | 91.00 ± 1.41 | 90.00 ± 1.41 (val/source_acc) | 93.00 ± 1.41 | "
                    "90.00 / 92.00 |")
+
+
+def test_hda_grid_records_each_split_as_the_committed_hda_records(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from benchmarks import hda_partitions
+
+    monkeypatch.setattr(records, "RESULTS", tmp_path / "results")
+    run_dir = tmp_path / "out" / "target_only_c2d" / "split3"
+    run_dir.mkdir(parents=True)
+    (run_dir / "results.json").write_text(json.dumps({
+        "method": "TargetOnly", "seed": 2020, "steps": 3000, "epochs": 1, "wall_time_s": 1.0,
+        "last": {"test/target_acc": 0.9, "test/target_acc_mean_class": 0.89},
+        "oracle": {"val/target_acc": 0.95, "epoch": None}}))
+    args = SimpleNamespace(record="hda", data="DATA", overrides=[], threads=1)
+    path = hda_partitions.record_split("target_only", "c2d", 3, run_dir, args)
+    assert path == tmp_path / "results" / "hda" / "target_only" / "surf_decaf_c2d" / "split3.json"
+    rec = json.loads(path.read_text())
+    assert (rec["experiment"], rec["task"], rec["seed"], rec["split"]) == ("hda/ssan", "surf_decaf_c2d", 2020, 3)
+    assert rec["metrics"]["last"]["target_acc"] == 0.9 and rec["metrics"]["oracle"]["target_acc"] == 0.95
+    assert rec["overrides"][:4] == ["experiment=hda/ssan", "task=surf_decaf_c2d", "method=target_only", "data.split=3"]
