@@ -3,9 +3,10 @@
 
 * RN (:class:`~lightning_da.norm.rn.ReciprocalNorm`): after every optimiser step (automatic or
   manual, before the scheduler steps) the gates are clamped to their range.
-* AdaBN (``norm=adabn``): before each validation and test pass the marked BatchNorm layers'
-  statistics are re-estimated on the whole target train set (test-time transform; every rank the
-  same data, so ranks agree), through the module's ``features``.
+* AdaBN (``norm=adabn``): before each validation and test pass, and once fitting ends, the marked
+  BatchNorm layers' statistics are re-estimated on the whole target train set (test-time transform;
+  every rank the same data, so ranks agree), through the module's ``features``; so the checkpoints
+  hold the target statistics the model is evaluated with.
 """
 
 from __future__ import annotations
@@ -42,6 +43,10 @@ class NormHooks(L.Callback):
         self._adapt(trainer, module)
 
     def on_test_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        self._adapt(trainer, module)
+
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # the fitted model keeps its target statistics: a checkpoint written now evaluates as the tests do
         self._adapt(trainer, module)
 
     @staticmethod
