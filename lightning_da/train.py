@@ -200,6 +200,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     datamodule, model, trainer = build(cfg)
     trains = model.needs.trains
     if trains:
@@ -216,6 +218,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "norm": (cfg.get("norm") or {}).get("kind"),  # None: the backbone as built, no conversion
         "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision),
         "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
+        "threads": torch.get_num_threads(),
     }
     if hasattr(datamodule, "labeled_index"):  # semi-supervised HDA: which labelled-target split
         results["split"] = int(datamodule.split)
