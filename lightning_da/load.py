@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import pickle
+import re
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,13 +80,14 @@ def read_checkpoint(file: str | os.PathLike) -> dict:
     try:
         return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if "weights only" in str(err).lower() or "weights_only" in str(err):
-            reason = str(err).strip().splitlines()[0]
+        named = re.search(r"GLOBAL ([\w.]+)", str(err))
+        if named:  # a pickled callable: what a code payload needs
             raise UntrustedCheckpointError(
-                f"refused: {file} holds pickled Python objects beyond tensors and plain data, which loading would run "
-                f"({reason}). lightning-da reads checkpoints with torch.load(weights_only=True) and runs no code "
-                "from them") from None
-        raise CheckpointError(f"{file} is not a PyTorch checkpoint ({err})") from None
+                f"refused: {file} holds pickled Python objects beyond tensors and plain data (it names "
+                f"{named.group(1)}), which loading would run. lightning-da reads checkpoints with "
+                "torch.load(weights_only=True) and runs no code from them") from None
+        detail = next((line.strip() for line in str(err).splitlines() if "Unsupported" in line), str(err).splitlines()[0])
+        raise CheckpointError(f"{file} is not a PyTorch checkpoint ({detail})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(f"{file} is not a PyTorch checkpoint ({type(err).__name__}: {err})") from None
 
