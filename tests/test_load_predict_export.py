@@ -348,3 +348,46 @@ def test_model_card_is_written_with_the_runs_numbers(digits_run):
     assert "best val/source_acc (max)" in card and "selected without target labels" in card
     assert "uses target labels" in card and "python run.py norm=adabn" in card
     assert "python -m lightning_da.predict" in card and "torch " in card
+
+
+# ---------------------------------------------------------------------------------------------- eval_input
+def test_each_domain_kind_describes_its_evaluation_transform_exactly(office_subset, tmp_path):
+    """What a checkpoint carries rebuilds each builder's evaluation samples bit for bit: an image
+    folder (ImageNet pipeline and the grey digit-size one), M2CAN lists (texts and image sets),
+    Amazon-style reviews (text and bag of words) and feature files (labels in the file's numbering)."""
+    from lightning_da.data.features import feature_domain
+    from lightning_da.data.images import image_domain
+    from lightning_da.data.multimodal import ReviewSamples, multimodal_domain
+    from lightning_da.data.preprocess import build_input
+
+    for kwargs in ({"transform": {"resize": 40, "crop": 32}}, {"image_size": 28, "channels": 1}):
+        domain = image_domain("amazon", path=str(office_subset / "amazon"), **kwargs)
+        model_input = build_input(domain.eval_input)
+        for i in (0, 7):
+            path, _ = domain.train_eval.samples[i]
+            assert torch.equal(model_input(path), domain.train_eval[i][0])
+
+    entries = [{"text": ["a black backpack", "two straps"], "image": [p.name for p in sorted((office_subset / "amazon" / "backpack").iterdir())[:2]],
+                "label": 0}]
+    (tmp_path / "list.json").write_text(json.dumps(entries))
+    domain = multimodal_domain("mm", str(tmp_path / "list.json"), str(office_subset / "amazon" / "backpack"), ["backpack"],
+                               max_images=3, resize=40, crop=32)
+    rebuilt = build_input(domain.eval_input).dataset(entries, [0], str(office_subset / "amazon" / "backpack"))[0][0]
+    original = domain.train_eval[0][0]
+    assert rebuilt["text"] == original["text"] and torch.equal(rebuilt["image_mask"], original["image_mask"])
+    assert torch.equal(rebuilt["image"], original["image"])
+
+    vocab = {"good": 0, "bad": 1, "blender": 2}
+    review = {"kind": "multimodal", "inputs": {"text": {"kind": "text"}, "bow": {"kind": "bag_of_words", "vocabulary": list(vocab)}}}
+    texts = ["A good blender", "bad, bad"]
+    rebuilt = build_input(review).dataset([{"text": t} for t in texts], [1, 0])
+    original = ReviewSamples(texts, torch.tensor([1, 0]), vocab)
+    assert all(torch.equal(rebuilt[i][0]["bow"], original[i][0]["bow"]) for i in range(2))
+
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(6, 5)).astype(np.float32), np.array([3, 5, 5, 7, 3, 7])
+    np.savez(tmp_path / "f.npz", features=x, labels=y)
+    domain = feature_domain("f", str(tmp_path / "f.npz"), label_base=1, class_names=[str(i) for i in range(8)])
+    model_input = build_input(domain.eval_input)
+    assert torch.equal(model_input(x), domain.train.features)
+    assert torch.equal(model_input.encode_labels(y), domain.train.labels)
