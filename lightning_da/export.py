@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from lightning_da.data.preprocess import InputError, MultiModalInput
+from lightning_da.load import add_load_arguments, load_model
 
 FORMATS = ("torchscript", "onnx")
 ATOL, RTOL = 1e-4, 1e-4
@@ -131,20 +132,14 @@ def export_model(loaded, fmt: str, out: str | os.PathLike, x: torch.Tensor) -> d
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m lightning_da.export", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="a run folder or a checkpoint file")
+    add_load_arguments(ap)
     ap.add_argument("--format", choices=FORMATS, required=True)
     ap.add_argument("--out", default=None, help="default: model.pt (torchscript) or model.onnx")
-    ap.add_argument("--checkpoint", choices=("last", "best"), default="last", help="for a run folder (default: last)")
     ap.add_argument("--input", default=None, help="samples for the check (default: the run's target evaluation data)")
     ap.add_argument("--image-root", default=None, help="folder that relative image paths of --input start from")
     ap.add_argument("--batch", type=int, default=8, help="samples in the check's batch (default 8)")
-    ap.add_argument("--trust", action="append", default=[], metavar="PACKAGE",
-                    help="a package whose _target_s the checkpoint may name beyond the allow-list (repeatable)")
     args = ap.parse_args(argv)
     out = Path(args.out or ("model.pt" if args.format == "torchscript" else "model.onnx"))
-
-    from lightning_da.load import load_model
-
     loaded = load_model(args.model, device="cpu", checkpoint=args.checkpoint, trust=args.trust)
     print(f"model: {loaded.describe()}", file=sys.stderr)
     x = example_batch(loaded, args.input, args.batch, args.image_root)
@@ -160,7 +155,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (InputError, ValueError, ImportError, FileNotFoundError) as err:
-        sys.exit(f"error: {err}")
+    from lightning_da.load import run_cli
+
+    run_cli(main)

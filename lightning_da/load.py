@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import re
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -303,6 +304,23 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
     model.eval().to(dev)
     applies_to = "target" if type(model.backbone).__name__ == "DomainProjectors" else None
     return LoadedModel(model, preprocess, classes, dev, file, cfg, record, applies_to)
+
+
+def add_load_arguments(parser) -> None:
+    """The command-line arguments that say which model to load (``predict`` and ``export``)."""
+    parser.add_argument("model", help="a run folder or a checkpoint file")
+    parser.add_argument("--checkpoint", choices=CHECKPOINTS, default="last", help="for a run folder (default: last)")
+    parser.add_argument("--trust", action="append", default=[], metavar="PACKAGE",
+                        help="a package whose _target_s the checkpoint may name beyond the allow-list (repeatable)")
+
+
+def run_cli(main) -> None:
+    """Run a command's ``main()``; bad input (a missing or refused checkpoint, input the model cannot
+    take, a missing extra) ends it with its message instead of a traceback."""
+    try:
+        main()
+    except (ValueError, FileNotFoundError, ImportError, RuntimeError) as err:
+        sys.exit(f"error: {err}")
 
 
 __all__ = ["CheckpointError", "InputError", "LoadedModel", "UntrustedCheckpointError", "find_checkpoint", "load_model",

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from lightning_da.data.domain import DataError
 from lightning_da.data.preprocess import FeatureInput, ImageInput, InputError, ModelInput, MultiModalInput
+from lightning_da.load import add_load_arguments, load_model
 
 LIST_SUFFIXES = (".txt", ".list", ".lst", ".csv", ".tsv")
 ARRAY_SUFFIXES = (".npy", ".npz", ".pt", ".mat")
@@ -251,21 +252,15 @@ def write_csv(result: dict, classes: list[str], out: str | os.PathLike, probs: b
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap = argparse.ArgumentParser(prog="python -m lightning_da.predict", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", help="a run folder or a checkpoint file")
+    add_load_arguments(ap)
     ap.add_argument("input", help="image folder / image list / image / array file, feature file, or JSON list")
     ap.add_argument("--out", default="predictions.csv", help="the CSV to write (default: predictions.csv)")
     ap.add_argument("--probs", action="store_true", help="also write every class's probability")
-    ap.add_argument("--checkpoint", choices=("last", "best"), default="last", help="for a run folder (default: last)")
     ap.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 or auto (default: auto)")
     ap.add_argument("--batch-size", type=int, default=None, help="default: the run's evaluation batch size")
     ap.add_argument("--num-workers", type=int, default=0)
     ap.add_argument("--image-root", default=None, help="folder that relative image paths start from")
-    ap.add_argument("--trust", action="append", default=[], metavar="PACKAGE",
-                    help="a package whose _target_s the checkpoint may name beyond the allow-list (repeatable)")
     args = ap.parse_args(argv)
-
-    from lightning_da.load import load_model
-
     loaded = load_model(args.model, device=args.device, checkpoint=args.checkpoint, trust=args.trust)
     print(f"model: {loaded.describe()}", file=sys.stderr)
     inputs = read_inputs(args.input, loaded.preprocess, loaded.classes, args.image_root)
@@ -280,7 +275,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (InputError, DataError, FileNotFoundError, ValueError) as err:
-        sys.exit(f"error: {err}")
+    from lightning_da.load import run_cli
+
+    run_cli(main)

@@ -17,9 +17,10 @@ plain data only (strings, numbers, lists, dicts, bytes and tensors), so that
 * ``versions`` of the library, torch and lightning.
 
 Loading (:func:`lightning_da.load.load_model`) rebuilds only from ``_target_``s in
-:data:`ALLOWED_PACKAGES` (:func:`check_config`): the parts it builds (method, backbone, norm,
-optimiser, schedule, input transforms) name this library, torch, torchvision, timm, open_clip or
-transformers; the sections it never builds (trainer, callbacks, loggers) may also name lightning.
+:data:`ALLOWED_PACKAGES` (:func:`check_config`): the parts that are built (method, backbone, norm,
+optimiser, schedule, input transforms, and the data for export's check) name this library, torch,
+torchvision, timm, open_clip or transformers; the sections never built (trainer, callbacks,
+loggers) may also name lightning.
 Within those packages the loaders that fetch or run code (``torch.hub``, ``torch.load``,
 ``torch.jit``, ...) and ``trust_remote_code`` are refused. Anything else is refused by name before
 anything is built; ``trust=[package, ...]`` lets a user add packages they trust (their own data code).
@@ -39,8 +40,9 @@ RECORD_FORMAT = 1
 ALLOWED_PACKAGES = ("lightning_da", "torch", "torchvision", "timm", "open_clip", "transformers")
 #: the training framework, named by the sections loading never builds (trainer, callbacks, loggers)
 FRAMEWORK_PACKAGES = ("lightning",)
-#: config sections loading builds (the rest are kept for the record only)
-MODEL_SECTIONS = ("method", "backbone", "norm", "optimizer", "scheduler")
+#: config sections that are built from a checkpoint (the data only by export's check on the run's own
+#: data); the rest are kept for the record
+BUILT_SECTIONS = ("method", "backbone", "norm", "optimizer", "scheduler", "data")
 #: callables inside allowed packages that fetch or run code
 DENIED_TARGETS = ("torch.hub", "torch.load", "torch.jit", "torch.package", "torch.utils.cpp_extension",
                   "torch.utils.model_zoo", "torch.compile", "torch.export.load", "lightning_da.load",
@@ -79,12 +81,12 @@ def _walk(node: Any, path: str) -> Iterator[tuple[str, str, Any]]:
 
 
 def check_config(config: dict, trust: Sequence[str] = ()) -> None:
-    """Refuse a stored config that names a ``_target_`` outside the allow-list (model sections:
+    """Refuse a stored config that names a ``_target_`` outside the allow-list (built sections:
     :data:`ALLOWED_PACKAGES`; the others also lightning), asks for ``trust_remote_code`` or holds an
-    unresolved interpolation in a model section (a stored config is resolved)."""
+    unresolved interpolation in a built section (a stored config is resolved)."""
     for path, key, value in _walk(config, ""):
         section = path.split(".")[0].split("[")[0] if path else key
-        model_part = section in MODEL_SECTIONS
+        model_part = section in BUILT_SECTIONS
         where = f"the stored config at {path + '.' if path else ''}{key}"
         if key == "_target_":
             allowed = (*ALLOWED_PACKAGES, *trust) if model_part else (*ALLOWED_PACKAGES, *FRAMEWORK_PACKAGES, *trust)
