@@ -8,12 +8,12 @@ with target labels, what the SSAN paper reported).
 
 Each (method, task, split) is one :func:`lightning_da.train.train` call in this process (the
 library's Lightning path, full-batch DataModule), composed from ``conf/`` like ``run.py`` as
-``experiment=ssan_surf_decaf task=surf_decaf_<t> method=<method> data.split=<i>``, written to
+``experiment=hda/ssan task=surf_decaf_<t> method=<method> data.split=<i>``, written to
 ``<out>/<method>_<task>/split<i>/results.json``; its checkpoints are deleted afterwards. A split
 whose results.json exists is skipped, so the grid can be spread over several sittings.
 ``--report`` only aggregates what is there (``<out>/summary.json`` and a table).
 
-Tasks: the 8 SURF -> DeCAF6 tasks of specs/benchmarks.md section 2 (pre-drawn splits of the
+Tasks: the 8 SURF -> DeCAF6 tasks of ``conf/task/surf_decaf_*.yaml`` (pre-drawn splits of the
 DeCAF6 files) and SURF -> GoogLeNet tasks ``<s>2<t>_googlenet`` (random 3 per class per split).
 """
 
@@ -30,11 +30,11 @@ from pathlib import Path
 LETTER = {"a": "amazon", "c": "caltech", "d": "dslr", "w": "webcam"}
 DECAF_TASKS = ["c2d", "c2w", "a2d", "a2w", "d2d", "d2w", "w2d", "w2w"]
 #: SURF -> DeCAF6: one experiment, the task from conf/task/surf_decaf_<t>.yaml
-TASKS = {t: ["experiment=ssan_surf_decaf", f"task=surf_decaf_{t}"] for t in DECAF_TASKS}
-TASKS.update({f"{s}2{t}_googlenet": ["experiment=ssan_surf_googlenet", f"data.source={LETTER[s]}_surf",
+TASKS = {t: ["experiment=hda/ssan", f"task=surf_decaf_{t}"] for t in DECAF_TASKS}
+TASKS.update({f"{s}2{t}_googlenet": ["experiment=hda/ssan_googlenet", f"data.source={LETTER[s]}_surf",
                                      f"data.target={LETTER[t]}_googlenet"] for s in "acdw" for t in "adw"})
 #: CDSPP (Pattern Recognition 2022) Table 3, SURF -> DeCAF6: SSAN as re-run by CDSPP (last
-#: iteration), STN, CDSPP (specs/benchmarks.md section 2)
+#: iteration), STN, CDSPP
 PUBLISHED = {"SSAN (CDSPP re-run)": [95.8, 94.2, 93.1, 93.1, 93.9, 82.6, 93.5, 95.0],
              "STN": [94.4, 92.8, 95.0, 93.9, 94.4, 93.3, 93.9, 92.2],
              "CDSPP": [95.6, 94.1, 95.7, 94.6, 93.5, 94.7, 95.7, 94.3]}

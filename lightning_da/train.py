@@ -193,10 +193,23 @@ def _single_log_stream() -> None:
             lg.propagate = True
 
 
+def warn_renamed_experiment(cfg: DictConfig) -> str | None:
+    """An experiment selected by its old name (``conf/experiment/<old>.yaml`` forwards to the new one for
+    one more release) logs a warning naming the new name; returns the message."""
+    renamed = cfg.get("renamed_experiment")
+    if not renamed:
+        return None
+    message = (f"experiment={renamed.old} is deprecated and will be removed in the next release: "
+               f"use experiment={renamed.new} (the same configuration)")
+    log.warning(message)
+    return message
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as configured; return the results (also written to ``results.json``)."""
     start = time.time()
     _single_log_stream()
+    warn_renamed_experiment(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)

@@ -293,7 +293,7 @@ def test_hda_model_loads_and_predicts_target_features(tmp_path):
     from lightning_da.data.preprocess import InputError
     from lightning_da.predict import main
 
-    cfg = make_cfg(tmp_path, ["experiment=ssan_surf_decaf", "task=surf_decaf_d2d", f"paths.data_dir={SHARED_DATA}",
+    cfg = make_cfg(tmp_path, ["experiment=hda/ssan", "task=surf_decaf_d2d", f"paths.data_dir={SHARED_DATA}",
                               "data.steps_per_epoch=60", *QUIET])
     res = train(cfg)
     dm = instantiate(cfg.data, _convert_="all")
@@ -322,7 +322,7 @@ def test_multimodal_model_loads_and_predicts_reviews(tmp_path):
     from lightning_da.data.multimodal import read_reviews
     from lightning_da.predict import main
 
-    cfg = make_cfg(tmp_path, ["experiment=m2can_amazon", f"paths.data_dir={SHARED_DATA}", "data.domain_args.max_per_class=6",
+    cfg = make_cfg(tmp_path, ["experiment=amazon_mm/m2can", f"paths.data_dir={SHARED_DATA}", "data.domain_args.max_per_class=6",
                               "data.n_sample=8", "data.batch_size=4", "trainer.max_epochs=2", "backbone.branch_t.max_length=32",
                               "backbone.branch_v.hidden=[16]", "data.target=kitchen", *QUIET])
     res = train(cfg)

@@ -18,7 +18,7 @@ from lightning_da.optim import param_groups
 
 # ---------------------------------------------------------------------------------------------- RN
 def reference_rn(x, n, layer: ReciprocalNorm, training: bool):
-    """RN written out channel by channel in float64 (specs/methods.md section 3(c))."""
+    """RN written out channel by channel in float64 (the RN code, as docs/methods/normalization.md describes it)."""
     x = x.double()
     C = x.shape[1]
     w, b = layer.weight.double(), layer.bias.double()

@@ -103,6 +103,41 @@ def test_afn_step_matches_replay(variant):
     assert_same_state(model, ref)
 
 
+def test_afn_separate_forward_matches_replay():
+    """``domain_forward=separate`` (TLlib's afn.py): the source batch, then the target batch, each through
+    the network on its own, so every BatchNorm normalises one domain and updates its running statistics
+    twice, source first."""
+    torch.manual_seed(0)
+    p, delta, trade_off, w_ent = 0.4, 0.3, 0.2, 0.15
+    model = AFN(TinyBackbone(), 3, sgd(), bottleneck={"dim": 5, "batch_norm": True, "relu": True, "dropout": p},
+                delta=delta, trade_off=trade_off, extra_losses={"entropy": w_ent}, domain_forward="separate")
+    ref = copy.deepcopy(model)
+    masks = []
+    dropout = next(m for m in model.bottleneck.modules() if isinstance(m, nn.Dropout))
+    dropout.register_forward_hook(lambda m, i, o: masks.append((o != 0).float()))
+    b = batch()
+    logged = run_one_batch(model, b)
+
+    (xs, ys), (xt, _) = b["source"], b["target"]
+    ref.train()
+    linear, bn = ref.bottleneck[0], ref.bottleneck[1]
+    fs, ft = (torch.relu(bn(linear(ref.backbone(x)))) * m / (1 - p) * math.sqrt(1 - p) for x, m in zip((xs, xt), masks))
+    z = ref.classifier(torch.cat([fs, ft]))
+    loss_cls = F.cross_entropy(z[:NS], ys)
+    r_s, r_t = fs.norm(dim=1), ft.norm(dim=1)
+    loss_norm = ((r_s.detach() + delta - r_s) ** 2).mean() + ((r_t.detach() + delta - r_t) ** 2).mean()
+    ent = row_entropy(z[NS:]).mean()
+    loss = loss_cls + trade_off * loss_norm + w_ent * ent
+    sgd_step(ref, loss, {}, ["backbone", "bottleneck", "classifier"])
+
+    assert len(masks) == 2 and [len(m) for m in masks] == [NS, NT]
+    assert_close_logs(logged, {"train/loss": loss, "train/loss_cls": loss_cls, "train/loss_transfer": loss_norm,
+                               "train/loss_entropy": ent, "train/source_acc": source_acc(z, ys)})
+    assert_same_state(model, ref)   # the BN running statistics included: two updates, source first
+    with pytest.raises(ValueError, match="domain_forward"):
+        AFN(TinyBackbone(), 3, sgd(), domain_forward="both")
+
+
 def test_afn_heads_and_evaluation():
     torch.manual_seed(0)
     model = AFN(TinyBackbone(), 3, sgd(), bottleneck={"dim": 50, "batch_norm": True, "relu": True, "dropout": 0.5})

@@ -2,8 +2,8 @@
 optimiser steps of that batch: A, B, then C ``num_k`` times) against a plain-torch replay on deep
 copies of the modules taken before the step.
 
-The replay is written from the papers and the methods spec (``/work/shared/specs/methods.md``,
-section 2), not from the library: G = backbone + bottleneck, heads F1, F2, ``d(p, q) = mean |p - q|``
+The replay is written from the papers and the original code (``docs/methods/bi_classifier.md``),
+not from the library: G = backbone + bottleneck, heads F1, F2, ``d(p, q) = mean |p - q|``
 on the target softmaxes,
 
 * A (G, F1, F2): ``CE_s(F1) + CE_s(F2) [+ CGDM terms] + extra(F1_t) + extra(F2_t)``

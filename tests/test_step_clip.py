@@ -1,6 +1,6 @@
 """Whole-step tests of the CLIP methods: CMKD (+ RST, + FixMatch) and zero-shot CLIP.
 
-The CMKD replay is written from the spec (specs/methods.md section 4, the VLP-UDA code) in plain torch on
+The CMKD replay is written from the VLP-UDA code (docs/methods/clip.md) in plain torch on
 deep copies taken before the step: with ``p_h = softmax h(f(x_t))`` (student head) and
 ``p_g = softmax g(f(x_t))``, ``g(f) = s * normalize(f) @ T^T`` (zero-shot head on the trainable encoder),
 

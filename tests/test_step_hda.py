@@ -1,8 +1,8 @@
 """Whole-step tests of the semi-supervised heterogeneous DA methods (SSAN, HDANet, TargetOnly): full
 batches through a real Lightning Trainer against a plain-torch replay on deep copies.
 
-The replay is written from the spec (``/work/shared/specs/methods.md`` section 1, SSAN's original
-code), not from the library's losses. Notation: source ``x_s`` (9-d) with labels ``y_s``, labelled
+The replay is written from SSAN's original code as ``docs/methods/hda.md`` describes it, not from
+the library's losses. Notation: source ``x_s`` (9-d) with labels ``y_s``, labelled
 target ``x_l`` (5-d) with ``y_l``, unlabelled target ``x_u`` (5-d); ``f = E_domain(x)`` (one
 projector per domain, L2-normalised output), ``z = C(f)``.
 

@@ -54,23 +54,25 @@ def open_image(path: str | os.PathLike, load: str = "rgb") -> Image.Image:
 
 class DigitImage:
     """A digit image as the digit domains serve it (``data.digits``): grey or RGB turned into
-    ``channels``, resized to ``image_size`` (antialiased bilinear, rounded to uint8), then scaled and
-    normalised per item as :class:`~lightning_da.data.domain.TensorImages` does: the same code, so the
-    values are identical to the run's."""
+    ``channels``, resized to ``image_size`` (``resize``: antialiased bilinear or PIL bicubic, as
+    uint8), then scaled and normalised per item as :class:`~lightning_da.data.domain.TensorImages`
+    does: the same code, so the values are identical to the run's."""
 
-    def __init__(self, image_size: int, channels: int, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,)):
+    def __init__(self, image_size: int, channels: int, mean: Sequence[float] = (0.5,), std: Sequence[float] = (0.5,),
+                 resize: str = "bilinear"):
         self.image_size, self.channels, self.mean, self.std = int(image_size), int(channels), list(mean), list(std)
+        self.resize = resize
 
     def __call__(self, img: Image.Image) -> torch.Tensor:
         from lightning_da.data.digits import _prepare
         from lightning_da.data.domain import TensorImages
 
-        x = _prepare(np.array(img)[None], self.image_size, self.channels)
+        x = _prepare(np.array(img)[None], self.image_size, self.channels, self.resize)
         return TensorImages(x, torch.zeros(1), self.mean, self.std, size=self.image_size)[0][0]
 
     def describe(self) -> dict:
         return {"_target_": f"{__name__}.DigitImage", "image_size": self.image_size, "channels": self.channels,
-                "mean": self.mean, "std": self.std}
+                "mean": self.mean, "std": self.std, "resize": self.resize}
 
 
 def _plain(v: Any) -> Any:

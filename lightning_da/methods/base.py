@@ -233,7 +233,11 @@ class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
         """After every part is built: settle ``needs`` for the options given, convert the feature
         path's norm layers (``norm``), then refuse a domain-aware norm when the method cannot split
         its batches by domain."""
-        self.needs = type(self).needs_for(self.hparams)
+        needs = type(self).needs_for(self.hparams)
+        if "needs" in self.__dict__ and self.__dict__["needs"] != needs:
+            raise TypeError(f"{type(self).__name__} changed self.needs in __init__; declare a need that depends on "
+                            "an option in the class method needs_for(options), which the builder reads too")
+        self.needs = needs
         norm, self._norm = self._norm, None
         if norm is not None:
             for name in self.norm_modules():
