@@ -113,6 +113,21 @@ def test_load_model_api_gives_model_preprocessing_and_classes(digits_run, usps_i
     assert "applies" not in loaded.describe() and "28x28 px only" in loaded.describe()
 
 
+@pytest.mark.parametrize("norm", ["rn", "dsbn"])
+def test_domain_aware_norms_predict_with_their_target_statistics(norm, usps_images, tmp_path):
+    from lightning_da.load import load_model
+    from lightning_da.predict import predict, read_inputs
+
+    cfg = make_cfg(tmp_path, [f"norm={norm}", "data.iters_per_epoch=8", "trainer.max_epochs=1", "data.batch_size=16",
+                              "+trainer.limit_val_batches=1", *QUIET])
+    res = train(cfg)
+    loaded = load_model(tmp_path)
+    assert any(type(m).__name__ in ("ReciprocalNorm", "DSBN") for m in loaded.model.modules())
+    out = predict(loaded, read_inputs(usps_images, loaded.preprocess, loaded.classes), progress=False)
+    assert [out["accuracy"], out["accuracy_mean_class"]] == [res["last"]["test/target_acc"],
+                                                             res["last"]["test/target_acc_mean_class"]]
+
+
 def test_checkpoint_copied_alone_to_an_empty_folder_loads(digits_run, tmp_path):
     import lightning_da
 

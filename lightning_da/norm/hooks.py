@@ -46,17 +46,19 @@ class NormHooks(L.Callback):
         self._adapt(trainer, module)
 
     def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
-        # the fitted model keeps its target statistics: a checkpoint written now evaluates as the tests do
-        self._adapt(trainer, module)
+        # the fitted model keeps its target statistics (a checkpoint written now evaluates as the tests
+        # do): estimated again unless nothing trained since the last validation's estimate
+        if getattr(self, "_adapted_at_step", None) != trainer.global_step:
+            self._adapt(trainer, module)
 
-    @staticmethod
-    def _adapt(trainer: L.Trainer, module: L.LightningModule) -> None:
+    def _adapt(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         layers = adabn_layers(module)
         if not layers or trainer.sanity_checking:
             return
         loader = trainer.datamodule.target_pass_loader(eval_transform=True)
         batches = (move_data_to_device(x, module.device) for x, _ in loader)
         adapt_batchnorm(module, module.features, batches, layers)
+        self._adapted_at_step = trainer.global_step
 
 
 def norm_callbacks(module: nn.Module) -> list[L.Callback]:
