@@ -34,6 +34,8 @@ from lightning_da.data.preprocess import InputError, ModelInput, build_input
 from lightning_da.record import RECORD_FORMAT, RECORD_KEY, UntrustedCheckpointError, check_config, check_target
 
 CHECKPOINTS = ("last", "best")
+#: the files a text branch's tokenizer and config consist of (no code)
+ASSET_SUFFIXES = (".json", ".txt", ".model")
 
 
 class CheckpointError(ValueError):
@@ -161,8 +163,9 @@ def rebuild_backbone(record: dict, assets_dir: str) -> torch.nn.Module | None:
         folder = os.path.join(assets_dir, name)
         os.makedirs(folder)
         for fname, data in files.items():
-            if os.sep in fname or fname.startswith("."):
-                raise CheckpointError(f"the record's asset file name {fname!r} is not a plain file name")
+            if os.sep in fname or fname.startswith(".") or not fname.endswith(ASSET_SUFFIXES):
+                raise UntrustedCheckpointError(f"refused: the record's asset {fname!r} is not a tokenizer or config "
+                                               f"file (a plain name ending in {', '.join(ASSET_SUFFIXES)})")
             Path(folder, fname).write_bytes(bytes(data))
         cfg[name] = {**cfg[name], "model": folder, "pretrained": False}
     for name in ("branch_t", "branch_v"):
