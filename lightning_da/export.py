@@ -1,7 +1,8 @@
 """Export an adapted model for serving: ``python -m lightning_da.export <run or ckpt> --format torchscript|onnx --out FILE``.
 
 What is exported is the evaluation path, preprocessed input -> logits (the method's ``forward`` in
-evaluation mode; norms with their target statistics), with a free batch dimension. The
+evaluation mode; norms with their target statistics; parts only training uses, such as domain
+discriminators, left out), with a free batch dimension. The
 preprocessing itself (resizing, normalisation) stays outside: the checkpoint's record describes it
 (``lightning_da.load_model(...).preprocess``, docs/using_the_model.md).
 
@@ -20,6 +21,7 @@ exported (their tokenizer runs in Python).
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import sys
 import warnings
@@ -45,6 +47,24 @@ class EvalPath(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.method(x)
+
+
+def without_training_parts(method: nn.Module, x: torch.Tensor) -> nn.Module:
+    """A copy of ``method`` without the top-level parts its evaluation forward on ``x`` does not run
+    (domain discriminators, training-only heads, metrics), so the export holds the evaluation path only."""
+    used: set[str] = set()
+    hooks = [m.register_forward_pre_hook(lambda *_, top=name.split(".")[0]: used.add(top))
+             for name, m in method.named_modules() if name]
+    try:
+        with torch.no_grad():
+            method(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    pruned = copy.deepcopy(method)
+    for name in [n for n, _ in pruned.named_children() if n not in used]:
+        delattr(pruned, name)
+    return pruned
 
 
 def run_eval_batch(loaded, n: int = 8) -> torch.Tensor:
@@ -116,10 +136,10 @@ def export_model(loaded, fmt: str, out: str | os.PathLike, x: torch.Tensor) -> d
     ``{"max_abs_diff", "tolerance_ok", "same_predictions", "batch"}``."""
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, not {fmt!r}")
-    module = EvalPath(loaded.model).cpu().eval()
     x = x.cpu()
+    module = EvalPath(without_training_parts(loaded.model.cpu().eval(), x))
     with torch.no_grad():
-        reference = module(x).float()
+        reference = loaded.model(x).float()
         run = (export_torchscript if fmt == "torchscript" else export_onnx)(module, x, out)
         got = run(x).float()
     loaded.model.to(loaded.device)

@@ -160,6 +160,8 @@ def test_exported_torchscript_and_onnx_match_pytorch(digits_run, usps_images, tm
     reference = loaded.logits(x)
     scripted = torch.jit.load(str(tmp_path / "model.pt"))
     assert (scripted(x) - reference).abs().max() <= 1e-6
+    names = [n for n, _ in scripted.named_parameters()]  # the evaluation path only: no domain discriminator
+    assert any(n.startswith("backbone.") for n in names) and not any("discriminator" in n for n in names)
     session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
     onnx_logits = torch.from_numpy(session.run(["logits"], {"input": x.numpy()})[0])  # batch of 51: a dynamic batch
     assert torch.allclose(onnx_logits, reference, atol=1e-4, rtol=1e-4)
