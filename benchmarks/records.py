@@ -17,13 +17,16 @@ what is needed to redo and compare it, nothing heavier (no checkpoints, no step 
   (how many times the grid started it) and ``machine`` (CPU model, logical CPUs, threads per run);
 * ``source: "run"`` (a number a run wrote, as opposed to one copied from a paper).
 
-Records are the data every results table is built from; :func:`load_records` reads them back.
+Records are the data every results table is built from; :func:`load_records` reads them back and
+``python -m benchmarks.records BENCHMARK`` prints a table of them (mean ± std over seeds, in %).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import statistics
 import platform
 import shlex
 import subprocess
@@ -129,5 +132,35 @@ def write_record(run_dir: Path, *, benchmark: str, experiment: str, task: str, s
 
 def load_records(benchmark: str, root: Path | None = None) -> list[dict]:
     """Every record of ``benchmark``, sorted by experiment, task and seed."""
-    recs = [json.loads(p.read_text()) for p in ((root or RESULTS) / benchmark).glob("*/*/seed*.json")]
+    # <experiment>/<task>/seed<k>.json, where an experiment's name may hold a "/" (digits_tllib/dann)
+    recs = [json.loads(p.read_text()) for p in sorted(((root or RESULTS) / benchmark).rglob("seed*.json"))]
     return sorted(recs, key=lambda r: (r["experiment"], r["task"], r["seed"]))
+
+
+def table(benchmark: str, root: Path | None = None) -> str:
+    """A markdown table of ``benchmark``'s records: per experiment and task, the seeds and the mean ± std
+    (sample std over the seeds, as lightning_da.report; %) of the last, best-by-monitor and oracle target accuracies, and the
+    last accuracy per seed."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for rec in load_records(benchmark, root):
+        groups.setdefault((rec["experiment"], rec["task"]), []).append(rec)
+
+    def stat(recs, part):
+        vals = [100 * r["metrics"][part]["target_acc"] for r in recs if r["metrics"].get(part)]
+        if not vals:
+            return "-"
+        return f"{statistics.mean(vals):.2f} ± {statistics.stdev(vals):.2f}" if len(vals) > 1 else f"{vals[0]:.2f}"
+
+    lines = ["| experiment | task | seeds | last | best (monitor) | oracle | last per seed |", "|---|---|---|---|---|---|---|"]
+    for (exp, task), recs in sorted(groups.items()):
+        monitor = next((r["metrics"]["best"]["monitor"] for r in recs if r["metrics"].get("best")), "-")
+        per_seed = " / ".join(f"{100 * r['metrics']['last']['target_acc']:.2f}" for r in recs)
+        lines.append(f"| {exp} | {task} | {', '.join(str(r['seed']) for r in recs)} | {stat(recs, 'last')} | "
+                     f"{stat(recs, 'best')} ({monitor}) | {stat(recs, 'oracle')} | {per_seed} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description="Print a table of a benchmark's result records.")
+    ap.add_argument("benchmark")
+    print(table(ap.parse_args().benchmark))
