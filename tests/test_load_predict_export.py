@@ -128,6 +128,41 @@ def test_domain_aware_norms_predict_with_their_target_statistics(norm, usps_imag
                                                              res["last"]["test/target_acc_mean_class"]]
 
 
+@pytest.mark.parametrize("method", ["mcd", "cgdm", "shot", "adda", "self_ensemble", "fixmatch", "mdd", "afn"])
+def test_every_kind_of_method_loads_and_predicts_as_its_test(method, usps_images, tmp_path):
+    """Multi-step methods (with training-only parts built when fitting starts: pseudo-label stores),
+    a mean teacher, strong views, custom feature paths: one step each (debug=fast tests the first
+    500 USPS digits); the loaded final.ckpt predicts those 500 as the run's test did."""
+    from lightning_da.load import load_model
+    from lightning_da.predict import predict, read_inputs
+
+    res = train(make_cfg(tmp_path, ["debug=fast", f"method={method}"]))
+    first = sorted((p for p in usps_images.glob("*/*.png") if int(p.stem) < 500), key=lambda p: int(p.stem))
+    (tmp_path / "first500.txt").write_text("".join(f"{p} {p.parent.name}\n" for p in first))
+    loaded = load_model(res["last"]["checkpoint"])
+    out = predict(loaded, read_inputs(tmp_path / "first500.txt", loaded.preprocess, loaded.classes), progress=False)
+    assert [out["accuracy"], out["accuracy_mean_class"]] == [res["last"]["test/target_acc"],
+                                                             res["last"]["test/target_acc_mean_class"]]
+
+
+def test_cmkd_with_a_tiny_clip_loads_offline(tmp_path, office_subset):
+    """CMKD (CLIP image encoder, prompt head from the class names): rebuilt with random CLIP weights and
+    no download, then given the checkpoint's; it predicts the run's test images as the run did."""
+    from step_replay.clip import SMALL
+
+    from lightning_da.load import load_model
+    from lightning_da.predict import predict, read_inputs
+
+    cfg = make_cfg(tmp_path, ["experiment=_common/cmkd", "data=office_caltech10", f"data.root={office_subset}",
+                              "data.source=amazon", "data.target=webcam", "debug=fast", "data.batch_size=4", "data.eval_batch_size=64",
+                              "data.source_holdout=0", *SMALL])
+    res = train(cfg)
+    loaded = load_model(tmp_path)
+    assert loaded.method == "CMKD" and loaded.preprocess.size == (64, 64)
+    out = predict(loaded, read_inputs(office_subset / "webcam", loaded.preprocess, loaded.classes), progress=False)
+    assert out["accuracy"] == res["last"]["test/target_acc"]
+
+
 def test_checkpoint_copied_alone_to_an_empty_folder_loads(digits_run, tmp_path):
     import lightning_da
 
