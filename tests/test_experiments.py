@@ -72,9 +72,9 @@ def test_an_old_name_is_the_new_experiment(compose_train, old):
 
 
 def test_an_old_name_warns_with_the_new_one(tmp_path, caplog):
-    cfg = make_cfg(tmp_path, ["experiment=digits/dann"])
+    cfg = make_cfg(tmp_path, ["experiment=digits_dann"])  # the name of earlier releases
     with caplog.at_level(logging.WARNING):
         message = warn_renamed_experiment(cfg)
-    assert "experiment=digits/dann is deprecated" in message and "use experiment=digits/dann" in message
+    assert "experiment=digits_dann is deprecated" in message and "use experiment=digits/dann" in message
     assert message in caplog.text
     assert warn_renamed_experiment(make_cfg(tmp_path, ["experiment=digits/dann"])) is None
