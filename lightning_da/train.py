@@ -24,6 +24,8 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from lightning_da.callbacks import InterruptCheckpoint, MetricHistory, ProgressLine, RNGStateCheckpoint, StepwiseTargetAccuracy
+from lightning_da.model_card import write_model_card
+from lightning_da.record import ModelRecord
 from lightning_da.validators import VALIDATORS, ValidatorScores
 
 log = logging.getLogger(__name__)
@@ -52,10 +54,10 @@ def compose_config(overrides: list[str], output_dir: str | os.PathLike, config_d
     return cfg
 
 
-def build_backbone(cfg: DictConfig, datamodule, method_cls, needs) -> torch.nn.Module | None:
-    """The configured backbone, fitted to the data: none for methods that build their own
-    (HDA projectors; an explicit ``backbone=`` override is refused), ``in_features: null`` filled
-    from the data's feature width, and the images shaped to the backbone's ``input_spec``."""
+def build_backbone(cfg: DictConfig, datamodule, method_cls, needs) -> tuple[torch.nn.Module | None, DictConfig | None]:
+    """The configured backbone and its config as built, fitted to the data: none for methods that
+    build their own (HDA projectors; an explicit ``backbone=`` override is refused), ``in_features:
+    null`` filled from the data's feature width, and the images shaped to the backbone's ``input_spec``."""
     backbone_cfg = cfg.get("backbone")
     if backbone_cfg and not needs.backbone:
         overrides = list(cfg.get("hydra", {}).get("overrides", {}).get("task", []))
@@ -74,7 +76,22 @@ def build_backbone(cfg: DictConfig, datamodule, method_cls, needs) -> torch.nn.M
     backbone = instantiate(backbone_cfg) if backbone_cfg else None
     if backbone is not None and hasattr(datamodule, "fit_inputs_to"):  # images shaped to the backbone's input
         datamodule.fit_inputs_to(getattr(backbone, "input_spec", None), f"backbone {cfg.backbone.get('name', '')}".strip())
-    return backbone
+    return backbone, backbone_cfg
+
+
+def build_method(cfg: DictConfig, backbone: torch.nn.Module | None, num_classes: int, data_kwargs: dict) -> L.LightningModule:
+    """The configured method around ``backbone`` (norm inside), with what it takes from the data
+    (``data_kwargs``: HDA input widths, CLIP class names); ``lightning_da.load`` rebuilds with it too."""
+    return instantiate(
+        cfg.method,
+        backbone=backbone,
+        num_classes=num_classes,
+        **data_kwargs,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        norm=instantiate(cfg.norm) if cfg.get("norm") else None,
+        _convert_="all",
+    )
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
@@ -83,22 +100,13 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     method_cls = get_class(cfg.method._target_)
     # what the method needs under these options: read once here; the built method holds the same
     needs = method_cls.needs_for(OmegaConf.to_container(cfg.method, resolve=True))
-    backbone = build_backbone(cfg, datamodule, method_cls, needs)
+    backbone, backbone_cfg = build_backbone(cfg, datamodule, method_cls, needs)
     num_classes = datamodule.num_classes  # builds the domains and checks their class lists
+    # what a method needs from the data beyond the class count (HDA: the per-domain input dims)
     data_kwargs = dict(getattr(datamodule, "model_kwargs", {}))
     if needs.class_names:
         data_kwargs["class_names"] = list(datamodule.classes)  # CLIP methods build prompts from them
-    model = instantiate(
-        cfg.method,
-        backbone=backbone,
-        num_classes=num_classes,
-        # what a method needs from the data beyond the class count (HDA: the per-domain input dims)
-        **data_kwargs,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        norm=instantiate(cfg.norm) if cfg.get("norm") else None,
-        _convert_="all",
-    )
+    model = build_method(cfg, backbone, num_classes, data_kwargs)
     if needs.strong_view:  # FixMatch-style methods read (weak, strong) target views
         if not hasattr(datamodule, "strong_target_view"):
             raise ValueError(f"{type(model).__name__} needs weak and strong target views, which {type(datamodule).__name__} cannot give")
@@ -112,7 +120,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
             log.info("full-batch HDA data has no per-sample target loader: %s skipped (the oracle best step and "
                      "the last step are reported instead)", ", ".join(dropped))
             callbacks = [c for c in callbacks if type(c).__name__ not in dropped]
-    callbacks += [MetricHistory(), RNGStateCheckpoint()]
+    # every checkpoint carries what lightning_da.load_model needs to use the model without this run
+    callbacks += [MetricHistory(), RNGStateCheckpoint(), ModelRecord(cfg, backbone, backbone_cfg, data_kwargs)]
     monitor = cfg.get("monitor")
     split = re.fullmatch(r"val/(\w+?)_acc(_mean_class)?", monitor or "")
     if split and split.group(1) not in datamodule.eval_names:
@@ -204,6 +213,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     datamodule, model, trainer = build(cfg)
     trains = model.needs.trains
     if trains:
@@ -220,6 +231,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "norm": (cfg.get("norm") or {}).get("kind"),  # None: the backbone as built, no conversion
         "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision),
         "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
+        "threads": torch.get_num_threads(),
     }
     if hasattr(datamodule, "labeled_index"):  # semi-supervised HDA: which labelled-target split
         results["split"] = int(datamodule.split)
@@ -249,6 +261,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         with open(os.path.join(cfg.paths.output_dir, "results.json"), "w") as fh:
             json.dump(results, fh, indent=2)
+        write_model_card(cfg, results, os.path.join(cfg.paths.output_dir, "model_card.md"))
         for lg in trainer.loggers:
             if isinstance(lg, TensorBoardLogger):
                 final_metrics = {f"hp/{part}/{k.split('/', 1)[1]}": v for part in ("last", "best")

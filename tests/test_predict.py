@@ -1,4 +1,4 @@
-"""The prediction pass (predict.py) over indexed and positional loaders, into the pseudo-label store."""
+"""The prediction pass (eval_pass.py) over indexed and positional loaders, into the pseudo-label store."""
 
 import pytest
 import torch

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.data.domain import DataError, Domain, TensorImages
+from lightning_da.data.preprocess import DigitImage, image_description
 from lightning_da.data.views import strong_tensor_augment
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
@@ -78,7 +79,9 @@ def _digits_domain(name, train, test, image_size, channels, mean=(0.5,), std=(0.
     train_set = train_eval.with_views(augment=augment)
     strong_tf = strong_tensor_augment(**{"image_size": image_size, "mean": mean, **(strong_view or {})})
     strong = train_eval.with_views(augment=augment, strong=strong_tf)
-    return Domain(name, train_set, DIGIT_CLASSES, ds(test), info, train_eval=train_eval, train_strong=strong)
+    eval_input = image_description("as_stored", DigitImage(image_size, channels, mean, std, resize))
+    return Domain(name, train_set, DIGIT_CLASSES, ds(test), info, train_eval=train_eval, train_strong=strong,
+                  eval_input=eval_input)
 
 
 def _views(options: dict) -> dict:
