@@ -80,7 +80,8 @@ class FiniteLossCheck(L.Callback):
         if self.last_finite is not None:
             last = f"the last finite train/loss was {self.last_finite[1]:.4g} at step {self.last_finite[0]}"
         else:
-            last = "no finite train/loss was logged before it (the loss was not finite from the start: check the inputs first)"
+            last = (f"no train/loss was logged before it (it is logged every {trainer.log_every_n_steps} steps, "
+                    "trainer.log_every_n_steps)")
         lrs = sorted({g["lr"] for opt in trainer.optimizers for g in opt.param_groups})
         lr = ", ".join(f"{v:.3g}" for v in lrs[:4]) or "n/a"
         return (f"training stopped: the loss became non-finite (NaN or Inf) at step {first}; {last}. The weights are no longer "
