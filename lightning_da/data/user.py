@@ -80,10 +80,12 @@ def _image_spec(path: str, test: str | None) -> dict:
 
 def image_folders(target: str, source: str | None = None, sources: Sequence[str] | None = None,
                   target_test: str | None = None, class_names: Sequence[str] | None = None,
-                  domain_args: dict | None = None, **datamodule_args) -> DADataModule:
+                  domain_args: dict | None = None, verify_images: bool = False, **datamodule_args) -> DADataModule:
     """A :class:`DADataModule` over the user's image folders / lists (module docstring).
     ``target_test`` names the target's evaluation split explicitly; ``domain_args`` go to every
-    :func:`~lightning_da.data.images.image_domain` (``transform``, ``allow_empty_classes``, ...)."""
+    :func:`~lightning_da.data.images.image_domain` (``transform``, ``allow_empty_classes``, ...);
+    ``verify_images``: open every image once when the domains are built (before training) and list
+    all unreadable files in one error."""
     if (source is None) == (sources is None):
         raise DataError("give one source path (data.source=/path/to/domain) or a list of them (data.sources=[...]), not both"
                         if source is not None else "no source domain: set data.source=/path/to/domain (or data.sources=[...])")
@@ -94,7 +96,7 @@ def image_folders(target: str, source: str | None = None, sources: Sequence[str]
     specs = [_image_spec(p, None) for p in src_paths] + [_image_spec(target, target_test)]
     domains = {name: partial(image_domain, name=name, classes=class_names, **spec) for name, spec in zip(names, specs)}
     dm = DADataModule(domains, source=names[0] if source is not None else names[:-1], target=names[-1],
-                      root=None, domain_args=domain_args, **datamodule_args)
+                      root=None, domain_args={**(domain_args or {}), "verify_images": verify_images}, **datamodule_args)
     if "test_path" not in specs[-1] and "test_list_file" not in specs[-1]:
         log.info("target %s has no test/val split: it is evaluated on its own training images (transductive)", target)
     return dm
