@@ -43,26 +43,28 @@ def check_setting(cfg: DictConfig, datamodule, method_cls, needs) -> None:
                          f"samples per class{how}; for unsupervised DA pick a UDA method (method=dann, source_only, ...)")
 
 
-def feature_width(backbone_cfg: DictConfig, datamodule) -> int | None:
-    """The input width a feature backbone (one with ``in_features``) gets from the data; None when
-    the data gives images. Raises when feature data meets an image backbone, or when the features'
-    widths differ (that needs the heterogeneous setting, not another ``in_features``)."""
+def feature_width(backbone_cfg: DictConfig, datamodule) -> int:
+    """The input width a feature backbone (one with ``in_features``) gets from the data. Raises when
+    the data gives images, or when the features' widths differ (that needs the heterogeneous
+    setting, not another ``in_features``)."""
     dims = getattr(datamodule, "input_dims", None) or {}
-    name = backbone_cfg.get("name", "")
-    if "in_features" not in backbone_cfg:
-        if dims:
-            raise ValueError(f"this data gives feature vectors ({dims}), but backbone={name} takes images: use "
-                             "backbone=mlp")
-        return None
     if not dims:
-        raise ValueError(f"backbone={name} takes feature vectors, but this data gives images: use an image backbone "
-                         "(backbone=lenet, resnet50, ...)")
+        raise ValueError(f"backbone={backbone_cfg.get('name', '')} takes feature vectors, but this data gives images: use "
+                         "an image backbone (backbone=lenet, resnet50, ...)")
     widths = sorted(set(dims.values()))
     if len(widths) != 1:
         raise ValueError(f"the domains' features have different widths {dims}: unsupervised DA needs one feature space. "
                          f"Features of different widths need the heterogeneous setting: an HDA method ({HDA_METHODS}) "
                          "with labelled target samples (data=features: data.labeled_per_class=3, the default)")
     return widths[0]
+
+
+def check_image_backbone(name: str, datamodule) -> None:
+    """Refuse feature data under an image backbone (called once the images are fitted to it, as
+    reading the data builds the domains)."""
+    dims = getattr(datamodule, "input_dims", None) or {}
+    if dims:
+        raise ValueError(f"this data gives feature vectors ({dims}), but backbone={name} takes images: use backbone=mlp")
 
 
 def check_run_length(cfg: DictConfig, datamodule, needs) -> None:

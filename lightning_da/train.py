@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_da.callbacks import (FiniteLossCheck, InterruptCheckpoint, MetricHistory, ProgressLine, RNGStateCheckpoint,
                                    RunSignature, StepwiseTargetAccuracy)
 from lightning_da.callbacks.run_signature import check_resume, resume_error, run_signature
-from lightning_da.run_checks import check_run_length, check_setting, feature_width, is_hda_data, resolve_monitor
+from lightning_da.run_checks import (check_image_backbone, check_run_length, check_setting, feature_width, is_hda_data,
+                                     resolve_monitor)
 from lightning_da.validators import VALIDATORS, ValidatorScores
 
 log = logging.getLogger(__name__)
@@ -69,12 +70,14 @@ def build_backbone(cfg: DictConfig, datamodule, method_cls, needs) -> torch.nn.M
         log.info("%s builds per-domain projectors: the default backbone (%s) is not built", method_cls.__name__,
                  backbone_cfg.get("name"))
         backbone_cfg = None
-    width = feature_width(backbone_cfg, datamodule) if backbone_cfg else None
-    if width is not None and backbone_cfg.in_features is None:
-        backbone_cfg = OmegaConf.merge(backbone_cfg, {"in_features": width})
+    takes_features = bool(backbone_cfg) and "in_features" in backbone_cfg
+    if takes_features and backbone_cfg.in_features is None:
+        backbone_cfg = OmegaConf.merge(backbone_cfg, {"in_features": feature_width(backbone_cfg, datamodule)})
     backbone = instantiate(backbone_cfg) if backbone_cfg else None
     if backbone is not None and hasattr(datamodule, "fit_inputs_to"):  # images shaped to the backbone's input
         datamodule.fit_inputs_to(getattr(backbone, "input_spec", None), f"backbone {cfg.backbone.get('name', '')}".strip())
+    if backbone is not None and not takes_features:
+        check_image_backbone(backbone_cfg.get("name", ""), datamodule)
     return backbone
 
 
