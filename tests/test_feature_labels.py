@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.io
 
-from conftest import make_cfg
+from conftest import make_cfg, save_features
 from lightning_da.data.domain import DataError
 from lightning_da.data.features import encode_labels
 from lightning_da.train import build, train
@@ -17,14 +17,11 @@ NAMES = np.array(["cat", "dog", "emu", "fox"])
 @pytest.fixture(scope="module")
 def named(tmp_path_factory):
     root = tmp_path_factory.mktemp("labels")
-    rng = np.random.default_rng(0)
-    ys, yt = np.repeat(np.arange(4), 10), np.repeat(np.arange(4), 8)
-    np.savez(root / "src.npz", features=rng.normal(size=(40, 12)) + ys[:, None], labels=NAMES[ys])
-    np.savez(root / "tgt.npz", features=rng.normal(size=(32, 12)) + yt[:, None], labels=NAMES[yt])
+    save_features(root / "src.npz", 10, 12, labels=NAMES)
+    x, y = save_features(root / "tgt.npz", 8, 12, seed=1, labels=NAMES)
     # MATLAB: a cell array of strings (loadmat gives an object array of 1-element string arrays)
-    scipy.io.savemat(root / "tgt.mat", {"features": rng.normal(size=(32, 7)) + yt[:, None],
-                                        "labels": np.array(NAMES[yt], dtype=object).reshape(-1, 1)})
-    np.savez(root / "tgt_numbers.npz", features=rng.normal(size=(32, 12)), labels=yt)
+    scipy.io.savemat(root / "tgt.mat", {"features": x[:, :7], "labels": np.array(NAMES[y], dtype=object).reshape(-1, 1)})
+    save_features(root / "tgt_numbers.npz", 8, 12, seed=1)
     return root
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import QUICK, make_cfg
+from conftest import QUICK, make_cfg, save_features
 from lightning_da.callbacks import FiniteLossCheck, NonFiniteLossError
 from lightning_da.compat import batches_that_stepped
 from lightning_da.train import build, train
@@ -21,14 +21,10 @@ FAST = [*(o for o in QUICK if not o.startswith("callbacks.")), "data.num_workers
 def features(tmp_path_factory):
     """12-d source and target feature files of 4 classes; copies of the source with NaN / Inf cells."""
     root = tmp_path_factory.mktemp("finite")
-    rng = np.random.default_rng(0)
-    ys, yt = np.repeat(np.arange(4), 10), np.repeat(np.arange(4), 8)
-    xs = rng.normal(size=(40, 12)) + ys[:, None]
-    np.savez(root / "src.npz", features=xs, labels=ys)
-    np.savez(root / "tgt.npz", features=rng.normal(size=(32, 12)) + yt[:, None], labels=yt)
-    bad = xs.copy()
-    bad[3, 2], bad[17, 0], bad[17, 5] = np.nan, np.nan, np.inf
-    np.savez(root / "src_nan.npz", features=bad, labels=ys)
+    xs, ys = save_features(root / "src.npz", 10, 12)
+    save_features(root / "tgt.npz", 8, 12, seed=1)
+    xs[3, 2], xs[17, 0], xs[17, 5] = np.nan, np.nan, np.inf
+    np.savez(root / "src_nan.npz", features=xs, labels=ys)
     return root
 
 

@@ -4,10 +4,9 @@ every error is checked for the words that point to the fix."""
 
 import logging
 
-import numpy as np
 import pytest
 
-from conftest import QUICK, make_cfg
+from conftest import QUICK, make_cfg, save_features
 from lightning_da.train import build, train
 
 FAST = [*(o for o in QUICK if not o.startswith("callbacks.")), "data.num_workers=0", "logger=none", "callbacks=none"]
@@ -17,11 +16,9 @@ FAST = [*(o for o in QUICK if not o.startswith("callbacks.")), "data.num_workers
 def features(tmp_path_factory):
     """4-class feature files: a 12-d source, a 12-d target and a 7-d target."""
     root = tmp_path_factory.mktemp("run_checks")
-    rng = np.random.default_rng(0)
-    ys, yt = np.repeat(np.arange(4), 10), np.repeat(np.arange(4), 8)
-    np.savez(root / "src.npz", features=rng.normal(size=(40, 12)) + ys[:, None], labels=ys)
-    np.savez(root / "tgt.npz", features=rng.normal(size=(32, 12)) + yt[:, None], labels=yt)
-    np.savez(root / "tgt7.npz", features=rng.normal(size=(32, 7)) + yt[:, None], labels=yt)
+    save_features(root / "src.npz", 10, 12)
+    save_features(root / "tgt.npz", 8, 12, seed=1)
+    save_features(root / "tgt7.npz", 8, 7, seed=2)
     return root
 
 
