@@ -12,7 +12,9 @@ Readers, by file suffix:
 
 * labels shifted by ``label_base`` (1 for MATLAB's 1..C) and mapped to ``0..C-1`` in sorted
   order; ``classes`` are the label values present (or ``class_names[value]``), so domains whose
-  label sets differ fail :func:`~lightning_da.data.domain.check_same_classes` by name;
+  label sets differ fail :func:`~lightning_da.data.domain.check_same_classes` by name; labels given
+  as class names (strings, MATLAB cellstr) are indices into ``class_names`` (default: sorted names);
+* features holding NaN or Inf refused (:func:`require_finite`: the domain, the file, the rows);
 * optional per-row L2 normalisation (``l2_normalize``; SSAN normalises every feature type);
 * ``info["dim"]`` (the feature width) and, when ``splits_key`` names pre-drawn labelled-target
   splits (DeCAF6's ``target_idx``: ``k x n_splits`` indices, ``split_base=1``),
