@@ -23,9 +23,13 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from lightning_da.callbacks import InterruptCheckpoint, MetricHistory, ProgressLine, RNGStateCheckpoint, StepwiseTargetAccuracy
+from lightning_da.callbacks import (FiniteLossCheck, InterruptCheckpoint, MetricHistory, ProgressLine, RNGStateCheckpoint,
+                                   RunSignature, StepwiseTargetAccuracy)
+from lightning_da.callbacks.run_signature import check_resume, resume_error, run_signature
 from lightning_da.model_card import write_model_card
 from lightning_da.record import ModelRecord
+from lightning_da.run_checks import (check_image_backbone, check_run_length, check_setting, feature_width, is_hda_data,
+                                     resolve_monitor)
 from lightning_da.validators import VALIDATORS, ValidatorScores
 
 log = logging.getLogger(__name__)
@@ -57,7 +61,8 @@ def compose_config(overrides: list[str], output_dir: str | os.PathLike, config_d
 def build_backbone(cfg: DictConfig, datamodule, method_cls, needs) -> tuple[torch.nn.Module | None, DictConfig | None]:
     """The configured backbone and its config as built, fitted to the data: none for methods that
     build their own (HDA projectors; an explicit ``backbone=`` override is refused), ``in_features:
-    null`` filled from the data's feature width, and the images shaped to the backbone's ``input_spec``."""
+    null`` filled from the data's feature width (:func:`~lightning_da.run_checks.feature_width`), and
+    the images shaped to the backbone's ``input_spec``."""
     backbone_cfg = cfg.get("backbone")
     if backbone_cfg and not needs.backbone:
         overrides = list(cfg.get("hydra", {}).get("overrides", {}).get("task", []))
@@ -67,15 +72,14 @@ def build_backbone(cfg: DictConfig, datamodule, method_cls, needs) -> tuple[torc
         log.info("%s builds per-domain projectors: the default backbone (%s) is not built", method_cls.__name__,
                  backbone_cfg.get("name"))
         backbone_cfg = None
-    if backbone_cfg and "in_features" in backbone_cfg and backbone_cfg.in_features is None:
-        dims = getattr(datamodule, "input_dims", None) or {}
-        if len(set(dims.values())) != 1:
-            raise ValueError(f"backbone.in_features=null takes the feature width from the data, but this data has "
-                             f"{dims or 'no feature inputs'}; set backbone.in_features")
-        backbone_cfg = OmegaConf.merge(backbone_cfg, {"in_features": next(iter(dims.values()))})
+    takes_features = bool(backbone_cfg) and "in_features" in backbone_cfg
+    if takes_features and backbone_cfg.in_features is None:
+        backbone_cfg = OmegaConf.merge(backbone_cfg, {"in_features": feature_width(backbone_cfg, datamodule)})
     backbone = instantiate(backbone_cfg) if backbone_cfg else None
     if backbone is not None and hasattr(datamodule, "fit_inputs_to"):  # images shaped to the backbone's input
         datamodule.fit_inputs_to(getattr(backbone, "input_spec", None), f"backbone {cfg.backbone.get('name', '')}".strip())
+    if backbone is not None and not takes_features:
+        check_image_backbone(backbone_cfg.get("name", ""), datamodule)
     return backbone, backbone_cfg
 
 
@@ -100,6 +104,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     method_cls = get_class(cfg.method._target_)
     # what the method needs under these options: read once here; the built method holds the same
     needs = method_cls.needs_for(OmegaConf.to_container(cfg.method, resolve=True))
+    check_setting(cfg, datamodule, method_cls, needs)
+    check_run_length(cfg, datamodule, needs)
     backbone, backbone_cfg = build_backbone(cfg, datamodule, method_cls, needs)
     num_classes = datamodule.num_classes  # builds the domains and checks their class lists
     # what a method needs from the data beyond the class count (HDA: the per-domain input dims)
@@ -121,14 +127,18 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
                      "the last step are reported instead)", ", ".join(dropped))
             callbacks = [c for c in callbacks if type(c).__name__ not in dropped]
     # every checkpoint carries what lightning_da.load_model needs to use the model without this run
-    callbacks += [MetricHistory(), RNGStateCheckpoint(), ModelRecord(cfg, backbone, backbone_cfg, data_kwargs)]
+    callbacks += [MetricHistory(), RNGStateCheckpoint(), FiniteLossCheck(), RunSignature(run_signature(cfg, model, datamodule)),
+                  ModelRecord(cfg, backbone, backbone_cfg, data_kwargs)]
+    resolve_monitor(cfg, datamodule)
     monitor = cfg.get("monitor")
     split = re.fullmatch(r"val/(\w+?)_acc(_mean_class)?", monitor or "")
     if split and split.group(1) not in datamodule.eval_names:
         available = [f"val/{n}_acc" for n in datamodule.eval_names]
+        fix = ("the semi-supervised heterogeneous setting holds out no source data: use" if is_hda_data(datamodule)
+               else "hold out source data with data.source_holdout=0.1, pick another monitor, or")
         raise ValueError(f"monitor={monitor} needs an evaluation split named {split.group(1)!r}, but this data evaluates "
-                         f"{datamodule.eval_names} (monitors {available}); hold out source data with "
-                         "data.source_holdout=0.1, pick another monitor, or monitor=null to report the last checkpoint only")
+                         f"{datamodule.eval_names} (monitors {available}); {fix} monitor=null to report the last "
+                         "checkpoint only")
     if monitor and monitor.startswith("val/validator/"):
         name = monitor.removeprefix("val/validator/")
         scorers = [c for c in callbacks if isinstance(c, ValidatorScores)]
@@ -218,7 +228,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, trainer = build(cfg)
     trains = model.needs.trains
     if trains:
-        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+        ckpt_path = cfg.get("ckpt_path")
+        signature = next(c for c in trainer.callbacks if isinstance(c, RunSignature)).signature
+        if ckpt_path:
+            check_resume(ckpt_path, signature)
+        try:
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        except (RuntimeError, ValueError) as err:
+            explained = resume_error(err, ckpt_path, signature) if ckpt_path else None
+            if explained is None:
+                raise
+            raise explained from err
     else:
         log.info("%s trains nothing: evaluating the model as built", type(model).__name__)
     # snapshot now: testing a checkpoint restores callback states, the history included

@@ -44,6 +44,17 @@ def changed(model, before: dict) -> set[str]:
     return {n.split(".")[0] for n, p in model.named_parameters() if not torch.equal(p, before[n])}
 
 
+def save_features(path: Path, per_class: int, dim: int, classes: int = 4, seed: int = 0, labels=None):
+    """A feature file of ``classes`` classes (``per_class`` rows each, class index + N(0, 1) noise in
+    ``dim`` columns); ``labels``: what to store per class instead of its index (e.g. names)."""
+    import numpy as np
+
+    y = np.repeat(np.arange(classes), per_class)
+    x = np.random.default_rng(seed).normal(size=(len(y), dim)) + y[:, None]
+    np.savez(path, features=x, labels=y if labels is None else np.asarray(labels)[y])
+    return x, y
+
+
 def needs_shared(path: Path):
     return pytest.mark.skipif(not path.exists(), reason=f"{path} not available")
 

@@ -12,7 +12,9 @@ Readers, by file suffix:
 
 * labels shifted by ``label_base`` (1 for MATLAB's 1..C) and mapped to ``0..C-1`` in sorted
   order; ``classes`` are the label values present (or ``class_names[value]``), so domains whose
-  label sets differ fail :func:`~lightning_da.data.domain.check_same_classes` by name;
+  label sets differ fail :func:`~lightning_da.data.domain.check_same_classes` by name; labels given
+  as class names (strings, MATLAB cellstr) are indices into ``class_names`` (default: sorted names);
+* features holding NaN or Inf refused (:func:`require_finite`: the domain, the file, the rows);
 * optional per-row L2 normalisation (``l2_normalize``; SSAN normalises every feature type);
 * ``info["dim"]`` (the feature width) and, when ``splits_key`` names pre-drawn labelled-target
   splits (DeCAF6's ``target_idx``: ``k x n_splits`` indices, ``split_base=1``),
@@ -148,14 +150,40 @@ def l2_normalize_rows(x: torch.Tensor) -> torch.Tensor:
     return x / torch.where(norm > 0, norm, torch.ones_like(norm))
 
 
+def is_text(labels: np.ndarray) -> bool:
+    """True for labels given as class names (strings; MATLAB cell arrays of strings)."""
+    return np.asarray(labels).dtype.kind in "USO"
+
+
+def text_labels(raw: np.ndarray) -> np.ndarray:
+    """Class-name labels as a flat array of ``str`` (MATLAB cellstr elements unwrapped, bytes decoded)."""
+    def name(v):
+        v = np.asarray(v).squeeze()
+        v = v.item() if v.ndim == 0 else "".join(map(str, v.reshape(-1)))
+        return v.decode() if isinstance(v, bytes) else str(v).strip()
+    return np.array([name(v) for v in np.asarray(raw, dtype=object).reshape(-1)], dtype=str)
+
+
 def encode_labels(raw: np.ndarray, n: int, label_base: int, path: Path,
                   class_names: Sequence[str] | None = None) -> tuple[torch.Tensor, list[str]]:
-    """Labels ``(n,)`` in ``0..C-1`` (sorted label values) and the class names of those values."""
+    """Labels ``(n,)`` in ``0..C-1`` (sorted label values) and the class names of those values.
+
+    Labels are integers (``label_base`` is the first class), or class names (strings): each name
+    becomes its index in ``class_names`` (default: the names present, sorted) and keeps its name."""
     y = np.asarray(raw).reshape(-1)
     if y.size != n:
         raise DataError(f"{path}: {n} feature rows but {y.size} labels (labels must be a vector, n x 1 or 1 x n)")
+    if is_text(y):
+        y = text_labels(y)
+        class_names = list(class_names) if class_names is not None else sorted(set(y.tolist()))
+        index = {str(c): i for i, c in enumerate(class_names)}
+        unknown = sorted(set(y.tolist()) - set(index))
+        if unknown:
+            raise DataError(f"{path}: label name(s) {unknown[:5]} are not in data.class_names {list(class_names)}")
+        y, label_base = np.array([index[v] for v in y.tolist()], dtype=np.int64), 0
     if y.size and not np.all(np.equal(np.mod(y, 1), 0)):
-        raise DataError(f"{path}: labels must be integers")
+        raise DataError(f"{path}: labels must be integers (0..C-1 or 1..C) or class names (strings), not {y.dtype} values "
+                        f"such as {y[np.mod(y, 1) != 0][0]}")
     y = y.astype(np.int64) - label_base
     if y.size and y.min() < 0:
         raise DataError(f"{path}: label {y.min() + label_base} is below label_base={label_base} "
@@ -170,10 +198,25 @@ def encode_labels(raw: np.ndarray, n: int, label_base: int, path: Path,
     return torch.from_numpy(np.searchsorted(values, y)), names
 
 
-def _eval_input(x: torch.Tensor, raw: np.ndarray, label_base: int, l2_normalize: bool) -> dict:
-    """The domain's ``eval_input``: its width, normalisation and label numbering (as :func:`encode_labels`)."""
+def _eval_input(x: torch.Tensor, raw: np.ndarray, label_base: int, l2_normalize: bool, classes: list[str]) -> dict:
+    """The domain's ``eval_input``: its width, normalisation and label numbering (as :func:`encode_labels`;
+    class-name labels by their names)."""
+    if is_text(raw):
+        return feature_description(x.shape[1], l2_normalize, 0, [], label_names=classes)
     values = np.unique(np.asarray(raw).reshape(-1).astype(np.int64) - label_base)
     return feature_description(x.shape[1], l2_normalize, label_base, values.tolist())
+
+
+def require_finite(x: torch.Tensor, domain: str, path: Path) -> None:
+    """Refuse features holding NaN or Inf, naming the domain, the file and how many rows: a single
+    such value makes every loss and gradient non-finite, and training would go on silently."""
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        rows = bad.any(1).nonzero().flatten()
+        kinds = " and ".join(k for k, m in (("NaN", torch.isnan(x)), ("Inf", torch.isinf(x))) if bool(m.any()))
+        raise DataError(f"domain {domain!r} ({path}): {len(rows)} of {len(x)} feature rows hold {kinds} values "
+                        f"({int(bad.sum())} value(s); first rows {rows[:5].tolist()}); remove those rows, or replace the "
+                        "values (e.g. numpy.nan_to_num, or the column mean) before training")
 
 
 def _resolve(path: str | os.PathLike, root: str | os.PathLike | None) -> Path:
@@ -216,6 +259,7 @@ def feature_domain(name: str, path: str, root: str | None = None, features_key: 
     if len(x) == 0:
         raise DataError(f"domain {name!r} is empty: {file} has no samples")
     y, classes = encode_labels(raw, len(x), label_base, file, class_names)
+    require_finite(x, name, file)
     if l2_normalize:
         x = l2_normalize_rows(x)
     info: dict[str, Any] = {"dim": x.shape[1], "path": str(file)}
@@ -224,7 +268,7 @@ def feature_domain(name: str, path: str, root: str | None = None, features_key: 
     elif splits_key is not None:
         raise DataError(f"{file} is a bare array and cannot hold splits {splits_key!r}")
     return Domain(name=name, train=FeatureTensors(x, y), classes=classes, info=info,
-                  eval_input=_eval_input(x, raw, label_base, l2_normalize))
+                  eval_input=_eval_input(x, raw, label_base, l2_normalize, classes))
 
 
 def shda_source_domain(name: str, path: str, root: str | None = None, label_base: int = 1, l2_normalize: bool = True,
@@ -254,8 +298,9 @@ def shda_target_domain(name: str, path: str, split: int = 0, root: str | None = 
     x = torch.cat([x_l, x_u])
     raw = np.concatenate([np.asarray(y_l).reshape(-1), np.asarray(y_u).reshape(-1)])
     y, classes = encode_labels(raw, len(x), label_base, file, class_names)
+    require_finite(x, name, file)
     if l2_normalize:
         x = l2_normalize_rows(x)
     info = {"dim": x.shape[1], "path": str(file), "splits": {split: torch.arange(len(x_l))}}
     return Domain(name=name, train=FeatureTensors(x, y), classes=classes, info=info,
-                  eval_input=_eval_input(x, raw, label_base, l2_normalize))
+                  eval_input=_eval_input(x, raw, label_base, l2_normalize, classes))

@@ -2,7 +2,8 @@
 
 Class lists are checked across domains by the DataModule. Paths are checked when the domain is
 built (a wrong path names the path and the layout it expected); an unreadable image raises an
-error naming the file when it is loaded.
+error naming the file when it is loaded, or, with ``verify_images``, every image is opened when the
+domain is built and all unreadable files are listed in one error.
 """
 
 from __future__ import annotations
@@ -60,9 +61,33 @@ class ImageSamples(Dataset):
             with Image.open(path) as im:
                 img = im.convert("RGB")
         except (OSError, ValueError) as err:
-            raise DataError(f"cannot read image {path}: {err}") from err
+            raise DataError(f"cannot read image {path}: {err}; data.verify_images=true opens every image once before "
+                            "training and lists all unreadable files in one error (other image configs: "
+                            "+data.domain_args.verify_images=true)") from err
         weak = self.transform(img) if self.transform else img
         return (weak if self.strong is None else (weak, self.strong(img))), label
+
+
+def verify_image_files(paths: Sequence[str], workers: int = 8) -> None:
+    """Open and decode every image once (threads); raise one :class:`DataError` listing every file
+    that cannot be read, instead of failing at the first one after training has started."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def problem(path: str) -> str | None:
+        try:
+            with Image.open(path) as im:
+                im.load()
+        except Exception as err:  # noqa: BLE001 - any decoder error makes the file unusable
+            return f"{path}: {type(err).__name__}: {err}"
+        return None
+
+    with ThreadPoolExecutor(max(1, min(workers, os.cpu_count() or 1))) as pool:
+        bad = [p for p in pool.map(problem, paths) if p]
+    if bad:
+        shown = "\n  ".join(bad[:50]) + (f"\n  ... and {len(bad) - 50} more" if len(bad) > 50 else "")
+        raise DataError(f"{len(bad)} of {len(paths)} image(s) cannot be read:\n  {shown}\nremove or replace them "
+                        "(or drop their lines from the image list)")
+    log.info("verified %d images: all readable", len(paths))
 
 
 def scan_image_folder(path: str, allow_empty_classes: bool = False) -> tuple[list[tuple[str, int]], list[str]]:
@@ -118,7 +143,7 @@ def read_image_list(list_file: str, root: str = "") -> list[tuple[str, int]]:
 def image_domain(name: str, root: str | None = None, path: str | None = None, list_file: str | None = None,
                  test_path: str | None = None, test_list_file: str | None = None, classes: Sequence[str] | None = None,
                  transform: dict | None = None, strong_view: dict | None = None, image_size: int | None = None,
-                 channels: int | None = None, allow_empty_classes: bool = False, **_) -> Domain:
+                 channels: int | None = None, allow_empty_classes: bool = False, verify_images: bool = False, **_) -> Domain:
     """An image domain from an ImageFolder (``root/path``) or an image list (``root/list_file``).
 
     ``classes`` names the classes of an image list in label order (default ``"0".."K-1"``); for an
@@ -129,6 +154,8 @@ def image_domain(name: str, root: str | None = None, path: str | None = None, li
     With ``image_size`` (a fixed-size digit network's input, set by the DataModule from the
     backbone) and no ``transform``, images are resized to it (grey for ``channels=1``) as
     :func:`small_image_transforms`; a ``transform`` with 1 channel is refused (RGB pipeline).
+    ``verify_images``: open every image once now and list all unreadable files in one error
+    (:func:`verify_image_files`); otherwise an unreadable image is an error when it is first loaded.
     """
     root = root or ""
     transform = {k: v for k, v in (transform or {}).items() if v is not None} or None  # null values: defaults
@@ -164,6 +191,8 @@ def image_domain(name: str, root: str | None = None, path: str | None = None, li
         if test_names != names:
             raise DataError(f"domain {name!r}: test classes {test_names} differ from train classes {names}")
         test = ImageSamples(test_samples, test_tf)
+    if verify_images:
+        verify_image_files([p for p, _ in train_samples] + ([p for p, _ in test.samples] if test is not None else []))
     train = ImageSamples(train_samples, train_tf)
     if transform is None:
         strong_tf = small_image_transforms(image_size, channels or 3, strong=True)

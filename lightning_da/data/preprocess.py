@@ -132,9 +132,14 @@ def image_description(load: str, transform) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------- features
-def feature_description(width: int, l2_normalize: bool, label_base: int, label_values: Sequence[int]) -> dict:
-    return {"kind": "features", "width": int(width), "l2_normalize": bool(l2_normalize), "label_base": int(label_base),
-            "label_values": [int(v) for v in label_values]}
+def feature_description(width: int, l2_normalize: bool, label_base: int, label_values: Sequence[int],
+                        label_names: Sequence[str] | None = None) -> dict:
+    """``label_names``: the run's labels were class names (strings), in class order."""
+    out = {"kind": "features", "width": int(width), "l2_normalize": bool(l2_normalize), "label_base": int(label_base),
+           "label_values": [int(v) for v in label_values]}
+    if label_names is not None:
+        out["label_names"] = [str(n) for n in label_names]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- the rebuilt input
@@ -209,6 +214,7 @@ class FeatureInput(ModelInput):
         self.l2_normalize = bool(description.get("l2_normalize"))
         self.label_base = int(description.get("label_base", 0))
         self.label_values = [int(v) for v in description.get("label_values") or []]
+        self.label_names = description.get("label_names")
 
     def summary(self) -> str:
         return f"{self.width}-d feature rows"
@@ -231,7 +237,18 @@ class FeatureInput(ModelInput):
         return l2_normalize_rows(x) if self.l2_normalize else x
 
     def encode_labels(self, raw: Any, source: str = "the input") -> torch.Tensor:
-        """Raw labels of a feature file (the run's numbering, ``label_base`` included) as class indices."""
+        """Raw labels of a feature file (the run's numbering, ``label_base`` included, or its class names)
+        as class indices."""
+        from lightning_da.data.features import is_text, text_labels
+
+        if self.label_names is not None or is_text(raw):
+            names = text_labels(raw) if is_text(raw) else np.asarray(raw).reshape(-1).astype(str)
+            index = {n: i for i, n in enumerate(self.label_names or [])}
+            unknown = sorted(set(names.tolist()) - set(index))
+            if unknown:
+                raise InputError(f"{source} has labels {unknown[:10]} the model does not know; its classes are "
+                                 f"{list(index)}")
+            return torch.tensor([index[n] for n in names.tolist()], dtype=torch.long)
         y = np.asarray(raw).reshape(-1).astype(np.int64) - self.label_base
         index = {v: i for i, v in enumerate(self.label_values)}
         unknown = sorted({int(v) + self.label_base for v in y if int(v) not in index})

@@ -27,12 +27,13 @@ import numpy as np
 
 from lightning_da.data.datamodule import DADataModule
 from lightning_da.data.domain import DataError
-from lightning_da.data.features import FEATURE_KEYS, LABEL_KEYS, _pick, feature_domain, open_arrays
+from lightning_da.data.features import FEATURE_KEYS, LABEL_KEYS, _pick, feature_domain, is_text, open_arrays, text_labels
 from lightning_da.data.full_batch import FullBatchDataModule
 from lightning_da.data.images import image_domain
 
 log = logging.getLogger(__name__)
 LIST_SUFFIXES = (".txt", ".list", ".lst", ".csv", ".tsv")
+UDA_SOURCE_HOLDOUT = 0.1  # feature UDA: the source fraction held out for val/source_acc (as data=image_folder)
 
 
 def _names(paths: Sequence[str]) -> list[str]:
@@ -79,10 +80,12 @@ def _image_spec(path: str, test: str | None) -> dict:
 
 def image_folders(target: str, source: str | None = None, sources: Sequence[str] | None = None,
                   target_test: str | None = None, class_names: Sequence[str] | None = None,
-                  domain_args: dict | None = None, **datamodule_args) -> DADataModule:
+                  domain_args: dict | None = None, verify_images: bool = False, **datamodule_args) -> DADataModule:
     """A :class:`DADataModule` over the user's image folders / lists (module docstring).
     ``target_test`` names the target's evaluation split explicitly; ``domain_args`` go to every
-    :func:`~lightning_da.data.images.image_domain` (``transform``, ``allow_empty_classes``, ...)."""
+    :func:`~lightning_da.data.images.image_domain` (``transform``, ``allow_empty_classes``, ...);
+    ``verify_images``: open every image once when the domains are built (before training) and list
+    all unreadable files in one error."""
     if (source is None) == (sources is None):
         raise DataError("give one source path (data.source=/path/to/domain) or a list of them (data.sources=[...]), not both"
                         if source is not None else "no source domain: set data.source=/path/to/domain (or data.sources=[...])")
@@ -93,7 +96,7 @@ def image_folders(target: str, source: str | None = None, sources: Sequence[str]
     specs = [_image_spec(p, None) for p in src_paths] + [_image_spec(target, target_test)]
     domains = {name: partial(image_domain, name=name, classes=class_names, **spec) for name, spec in zip(names, specs)}
     dm = DADataModule(domains, source=names[0] if source is not None else names[:-1], target=names[-1],
-                      root=None, domain_args=domain_args, **datamodule_args)
+                      root=None, domain_args={**(domain_args or {}), "verify_images": verify_images}, **datamodule_args)
     if "test_path" not in specs[-1] and "test_list_file" not in specs[-1]:
         log.info("target %s has no test/val split: it is evaluated on its own training images (transductive)", target)
     return dm
@@ -110,6 +113,9 @@ def _raw_labels(path: str, labels_key, labels_path: str | None) -> np.ndarray:
 
 def detect_label_base(label_sets: Sequence[np.ndarray]) -> int:
     """0 when any domain has a label 0, else 1 when the smallest label is 1 (MATLAB-style files)."""
+    for y in label_sets:
+        if y.size and not np.all(np.equal(np.mod(y, 1), 0)):
+            raise DataError(f"labels must be integers (0..C-1 or 1..C) or class names (strings), not {y.dtype} values")
     lowest = min(int(y.min()) for y in label_sets if y.size)
     if lowest < 0:
         raise DataError(f"negative label {lowest}: labels must be 0..C-1 or 1..C")
@@ -122,11 +128,15 @@ def feature_files(source: str, target: str, features_key: str | Sequence[str] = 
                   labels_key: str | Sequence[str] = ("labels", *LABEL_KEYS), source_labels: str | None = None,
                   target_labels: str | None = None, label_base: int | str = "auto", class_names: Sequence[str] | None = None,
                   l2_normalize: bool = True, labeled_per_class: int | None = 3, split: int = 0, steps_per_epoch: int = 1000,
-                  seed: int = 0, uda_loader: dict | None = None, row_space: bool = False):
+                  seed: int = 0, uda_loader: dict | None = None, row_space: bool = False,
+                  source_holdout: float | None = None):
     """Two feature files as a DataModule (module docstring). ``source_labels`` / ``target_labels``:
     separate label files (needed for ``.npy`` features). ``steps_per_epoch`` and ``row_space``
     (:class:`~lightning_da.data.full_batch.FullBatchDataModule`) are the HDA setting's;
-    ``uda_loader`` (batch size, iterations per epoch, ... of :class:`DADataModule`) the UDA one's."""
+    ``uda_loader`` (batch size, iterations per epoch, ... of :class:`DADataModule`) and
+    ``source_holdout`` (the fraction of the source held out for model selection, ``val/source_acc``;
+    None: 0.1) the UDA one's. Labels are integers or class names (strings, mapped to indices in
+    sorted order over both files; the names become the class names)."""
     paths = {"source": source, "target": target}
     label_paths = {"source": source_labels, "target": target_labels}
     for role, p in paths.items():
@@ -134,14 +144,25 @@ def feature_files(source: str, target: str, features_key: str | Sequence[str] = 
             raise DataError(f"data.{role}={p!r}: feature file not found (npz / npy / mat / pt with keys "
                             f"{features_key!r} and {labels_key!r})")
     raw = {r: _raw_labels(p, labels_key, label_paths[r]) for r, p in paths.items()}
-    if label_base == "auto":
-        label_base = detect_label_base(list(raw.values()))
-        log.info("feature labels are %d-based (detected; set data.label_base to state it)", label_base)
-    n_classes = max(int(y.max()) for y in raw.values()) - int(label_base) + 1
-    if class_names is None:
-        class_names = [str(c) for c in range(n_classes)]
-    elif len(class_names) < n_classes:
-        raise DataError(f"data.class_names has {len(class_names)} names but the labels go up to class {n_classes - 1}")
+    named = {r: is_text(y) for r, y in raw.items()}
+    if any(named.values()):  # class names as labels: indices in sorted order over both domains
+        if not all(named.values()):
+            raise DataError(f"the source labels are {'names' if named['source'] else 'numbers'} but the target labels "
+                            f"are {'names' if named['target'] else 'numbers'}: give both domains the same kind of labels")
+        present = sorted(set().union(*(text_labels(y).tolist() for y in raw.values())))
+        class_names = present if class_names is None else list(class_names)
+        log.info("feature labels are class names: %d classes %s (index = position in this list)", len(class_names),
+                 class_names[:10])
+        label_base = 0
+    else:
+        if label_base == "auto":
+            label_base = detect_label_base(list(raw.values()))
+            log.info("feature labels are %d-based (detected; set data.label_base to state it)", label_base)
+        n_classes = max(int(y.max()) for y in raw.values()) - int(label_base) + 1
+        if class_names is None:
+            class_names = [str(c) for c in range(n_classes)]
+        elif len(class_names) < n_classes:
+            raise DataError(f"data.class_names has {len(class_names)} names but the labels go up to class {n_classes - 1}")
     names = _names([source, target])
     if names[0] == names[1]:
         names = ["source", "target"]
@@ -153,7 +174,13 @@ def feature_files(source: str, target: str, features_key: str | Sequence[str] = 
         if row_space:
             raise ValueError("data.row_space applies to the semi-supervised full-batch setting only (a number for "
                              "data.labeled_per_class); remove it for unsupervised DA on features")
-        return DADataModule(domains, source=names[0], target=names[1], root=None, seed=seed, **dict(uda_loader or {}))
+        holdout = UDA_SOURCE_HOLDOUT if source_holdout is None else source_holdout
+        return DADataModule(domains, source=names[0], target=names[1], root=None, seed=seed, source_holdout=holdout,
+                            **dict(uda_loader or {}))
+    if source_holdout:
+        raise ValueError(f"data.source_holdout={source_holdout} applies to unsupervised DA on features "
+                         "(data.labeled_per_class=null); the semi-supervised heterogeneous setting trains on every "
+                         "source row and reports the last checkpoint: remove data.source_holdout")
     return FullBatchDataModule(domains, source=names[0], target=names[1], labeled="random",
                                labeled_per_class=labeled_per_class, split=split, steps_per_epoch=steps_per_epoch, seed=seed,
                                row_space=row_space)
