@@ -122,21 +122,11 @@ class Step:
     features: torch.Tensor | None = None
     logits: torch.Tensor | None = None
 
-    @property
-    def source_logits(self) -> torch.Tensor:
-        return self.logits[:self.n_source]
-
-    @property
-    def target_logits(self) -> torch.Tensor:
-        return self.logits[self.n_source:]
-
-    @property
-    def source_features(self) -> torch.Tensor:
-        return self.features[:self.n_source]
-
-    @property
-    def target_features(self) -> torch.Tensor:
-        return self.features[self.n_source:]
+    # the forward's rows by domain (source rows first)
+    source_logits = property(lambda self: self.logits[:self.n_source])
+    target_logits = property(lambda self: self.logits[self.n_source:])
+    source_features = property(lambda self: self.features[:self.n_source])
+    target_features = property(lambda self: self.features[self.n_source:])
 
 
 def configured_lr(factory: Callable) -> float | None:

@@ -13,8 +13,23 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.methods.bsp import BSP
-from step_replay import (LR, MOMENTUM, NS, NT, WD, TinyBackbone, assert_close_logs, assert_same_state, batch,
-                         reversed_grad, row_entropy, run_one_batch, sgd, sgd_step, source_acc)
+from step_replay import (BOTTLENECK, DISCRIMINATOR, LR, MOMENTUM, NS, NT, WD, TinyBackbone, assert_close_logs,
+                         assert_same_state, batch, forward, reversed_grad, row_entropy, run_one_batch, sgd, sgd_step,
+                         source_acc)
+
+
+def make_bsp(coeff: float, **kw) -> BSP:
+    """BSP on the replays' tiny network: bottleneck 5, discriminator 4, a GRL ramp from ``coeff``."""
+    return BSP(TinyBackbone(), 3, sgd(), bottleneck=BOTTLENECK, discriminator=DISCRIMINATOR,
+               grl={"alpha": 10.0, "max_iters": 100, "lo": coeff}, **kw)
+
+
+def replay_forward(ref, b):
+    """The replay's ``[x_s; x_t]`` forward in training mode: features, logits, source labels, source CE."""
+    (xs, ys), (xt, _) = b["source"], b["target"]
+    ref.train()
+    f, z = forward(ref, torch.cat([xs, xt]))
+    return f, z, ys, F.cross_entropy(z[:NS], ys)
 
 
 @pytest.mark.parametrize("entropy_conditioning", [True, False], ids=["cdan_e", "cdan"])
@@ -22,19 +37,13 @@ def test_bsp_step_matches_replay(entropy_conditioning):
     torch.manual_seed(0)
     coeff, trade_off, w_bsp, k, w_ent = 0.3, 0.7, 0.05, 2, 0.1
     lr_mult = {"backbone": 0.5, "discriminator": 2.0}
-    model = BSP(TinyBackbone(), 3, sgd(), bottleneck={"dim": 5, "batch_norm": True, "relu": True, "dropout": 0.0},
-                discriminator={"hidden": 4, "num_hidden": 1, "batch_norm": True, "dropout": 0.0},
-                grl={"alpha": 10.0, "max_iters": 100, "lo": coeff}, trade_off=trade_off, lr_mult=lr_mult,
-                extra_losses={"entropy": w_ent}, entropy_conditioning=entropy_conditioning, bsp_weight=w_bsp, bsp_k=k)
+    model = make_bsp(coeff, trade_off=trade_off, lr_mult=lr_mult, extra_losses={"entropy": w_ent},
+                     entropy_conditioning=entropy_conditioning, bsp_weight=w_bsp, bsp_k=k)
     ref = copy.deepcopy(model)
     b = batch()
     logged = run_one_batch(model, b)
 
-    (xs, ys), (xt, _) = b["source"], b["target"]
-    ref.train()
-    f = ref.bottleneck(ref.backbone(torch.cat([xs, xt])))
-    z = ref.classifier(f)
-    loss_cls = F.cross_entropy(z[:NS], ys)
+    f, z, ys, loss_cls = replay_forward(ref, b)
     g = z.softmax(1).detach()
     t = torch.einsum("bc,bd->bcd", g, f).reshape(len(f), -1)
     d = ref.discriminator(reversed_grad(t, coeff)).reshape(-1)
@@ -65,20 +74,14 @@ def test_bsp_on_dann_step_matches_replay():
     """``adversary=dann`` (TLlib's bsp.py): DANN's discriminator on the features, 1/2 [BCE_s + BCE_t]."""
     torch.manual_seed(0)
     coeff, trade_off, w_bsp, k = 0.3, 0.7, 0.05, 1
-    model = BSP(TinyBackbone(), 3, sgd(), bottleneck={"dim": 5, "batch_norm": True, "relu": True, "dropout": 0.0},
-                discriminator={"hidden": 4, "num_hidden": 1, "batch_norm": True, "dropout": 0.0},
-                grl={"alpha": 10.0, "max_iters": 100, "lo": coeff}, trade_off=trade_off, adversary="dann",
-                entropy_conditioning=False, bsp_weight=w_bsp, bsp_k=k)
+    model = make_bsp(coeff, trade_off=trade_off, adversary="dann", entropy_conditioning=False, bsp_weight=w_bsp,
+                     bsp_k=k)
     assert model.discriminator[0].in_features == 5                    # the features, not C x d
     ref = copy.deepcopy(model)
     b = batch()
     logged = run_one_batch(model, b)
 
-    (xs, ys), (xt, _) = b["source"], b["target"]
-    ref.train()
-    f = ref.bottleneck(ref.backbone(torch.cat([xs, xt])))
-    z = ref.classifier(f)
-    loss_cls = F.cross_entropy(z[:NS], ys)
+    f, z, ys, loss_cls = replay_forward(ref, b)
     d = ref.discriminator(reversed_grad(f, coeff)).reshape(-1)
     loss_dann = 0.5 * (F.binary_cross_entropy_with_logits(d[:NS], torch.ones(NS))
                        + F.binary_cross_entropy_with_logits(d[NS:], torch.zeros(NT)))

@@ -17,14 +17,20 @@ from step_replay.hda import (C, D_COMMON, D_S, D_T, LR, assert_logged_keys, hda_
                              stepwise_result)
 
 
-def test_hda_net_step_matches_replay():
+def one_full_batch(cls, lr_mult: dict):
+    """``cls`` on the tiny HDA setting, a copy of it before the step, the batch, the unlabelled target's
+    labels and what one full-batch step through Lightning logged."""
     torch.manual_seed(0)
-    lr_mult = {"backbone": 0.5, "classifier": 1.5}
-    model = HDANet({"source": D_S, "target": D_T}, C, optimizer=sgd_factory, d_common=D_COMMON, init_std=None,
-                   lr_mult=lr_mult)
+    model = cls({"source": D_S, "target": D_T}, C, optimizer=sgd_factory, d_common=D_COMMON, init_std=None,
+                lr_mult=lr_mult)
     before = copy.deepcopy(model)
     batch, yu = hda_batch(0)
     logged = run_one_batch(model, data=OneBatchData(batch, eval_batch=(batch["target"][0], yu)))
+    return model, before, batch, yu, logged
+
+
+def test_hda_net_step_matches_replay():
+    model, before, batch, yu, logged = one_full_batch(HDANet, {"backbone": 0.5, "classifier": 1.5})
 
     (xs, ys), (xl, yl), (xu, _) = batch["source"], batch["target_labeled"], batch["target"]
     ref = copy.deepcopy(before)
@@ -50,13 +56,7 @@ def test_hda_net_step_matches_replay():
 
 
 def test_target_only_step_matches_replay():
-    torch.manual_seed(0)
-    lr_mult = {"target_projector": 0.5, "classifier": 1.5}
-    model = TargetOnly({"source": D_S, "target": D_T}, C, optimizer=sgd_factory, d_common=D_COMMON, init_std=None,
-                       lr_mult=lr_mult)
-    before = copy.deepcopy(model)
-    batch, yu = hda_batch(0)
-    logged = run_one_batch(model, data=OneBatchData(batch, eval_batch=(batch["target"][0], yu)))
+    model, before, batch, yu, logged = one_full_batch(TargetOnly, {"target_projector": 0.5, "classifier": 1.5})
 
     (xl, yl), (xu, _) = batch["target_labeled"], batch["target"]
     ref = copy.deepcopy(before)
