@@ -206,6 +206,24 @@ def test_tllib_strong_view_is_timms_randaugment(tmp_path):
     assert aug.transform.num_layers == 2 and aug.transform.ops[0].hparams["img_mean"] == (128,)
 
 
+def test_posterize_keeps_pillows_zero_bit_result():
+    """A noisy magnitude under 2.5 asks Posterize for 0 bits: Pillow >= 11 refuses, the Pillow TLlib ran
+    returned a black image; our posterize does the latter (and equals Pillow's for 1-8 bits)."""
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from lightning_da.data.views import posterize
+
+    img = Image.fromarray((np.arange(28 * 28).reshape(28, 28) % 256).astype(np.uint8))
+    for bits in range(1, 9):
+        assert np.array_equal(np.asarray(posterize(img, bits)), np.asarray(ImageOps.posterize(img, bits)))
+    assert np.asarray(posterize(img, 0)).max() == 0
+    aug = TimmRandAugment("rand-m0-n2-mstd0")          # magnitude 0: every Posterize keeps 0 bits
+    x = torch.arange(28 * 28, dtype=torch.int64).remainder(256).to(torch.uint8).view(1, 28, 28)
+    for _ in range(100):
+        assert aug(x).shape == (1, 28, 28)
+
+
 @pytest.mark.parametrize("name,extra", [
     ("digits_tllib/bsp", ["method.pretrain_epochs=1", "trainer.max_epochs=2"]),   # across the pre-training phase
     ("digits_tllib/cc_loss", []),

@@ -14,7 +14,8 @@ transform, the strong view one of these pipelines, drawn from the same decoded s
   Equalize, Invert, Rotate, Posterize, Solarize, SolarizeAdd, Color, Contrast, Brightness, Sharpness,
   ShearX/Y, TranslateX/YRel), each applied with probability 0.5, magnitude m with Gaussian noise of
   std ``mstd`` per op, ``translate_const = int(0.45 * image_size)``, fill = the normalisation mean,
-  bilinear interpolation.
+  bilinear interpolation. A noisy magnitude below 2.5 gives Posterize 0 bits: a black image, as
+  Pillow did when TLlib ran it (Pillow 11+ refuses ``bits=0``; :func:`posterize` keeps the old result).
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ def strong_tensor_augment(num_ops: int = 2, magnitude: int = 10, policy: str | N
     return v2.RandAugment(num_ops=num_ops, magnitude=magnitude)
 
 
+def posterize(img, bits: int, **_):
+    """Keep the ``bits`` high bits of each 8-bit value (``bits <= 0``: all zero), as Pillow's
+    ``ImageOps.posterize`` computed it before it refused ``bits=0``."""
+    if bits >= 8:
+        return img
+    mask = ~(2 ** (8 - max(bits, 0)) - 1) & 0xFF
+    return img.point([i & mask for i in range(256)] * len(img.getbands()))
+
+
 class TimmRandAugment:
     """timm's ``rand_augment_transform(policy)`` on a uint8 ``(C, H, W)`` tensor, through PIL (grey
     images as mode ``L``), with TLlib's parameters (module docstring)."""
@@ -63,6 +73,9 @@ class TimmRandAugment:
         self.policy = policy
         self.transform = rand_augment_transform(policy, {"translate_const": int(image_size * 0.45), "img_mean": fill,
                                                          "interpolation": Image.BILINEAR})
+        for op in self.transform.ops:
+            if op.name == "Posterize":
+                op.aug_fn = posterize
 
     def __call__(self, img: torch.Tensor) -> torch.Tensor:
         import numpy as np
