@@ -25,11 +25,11 @@ from pathlib import Path
 #: per method: the experiment and what makes ``steps`` cross its phases (``{half}``: epochs in half the run)
 SETUPS = {
     "dann": ["method=dann"],
-    "mcd": ["experiment=mcd_digits"],
-    "cgdm": ["experiment=cgdm_digits"],
-    "adda": ["experiment=digits_adda", "method.pretrain_epochs={half}"],
-    "shot": ["experiment=digits_shot", "method.source_epochs={half}"],
-    "fixmatch": ["experiment=fixmatch_digits"],
+    "mcd": ["experiment=digits/mcd"],
+    "cgdm": ["experiment=digits/cgdm"],
+    "adda": ["experiment=digits/adda", "method.pretrain_epochs={half}"],
+    "shot": ["experiment=digits/shot", "method.source_epochs={half}"],
+    "fixmatch": ["experiment=digits/fixmatch"],
 }
 EPOCHS = 4
 

@@ -8,8 +8,8 @@ item, so that a run stopped at its limit still leaves what it measured. Parts, i
 
 1. ``environment``: torch / CUDA / cuDNN / GPU name, versions of lightning, torchvision, hydra-core,
    omegaconf, open_clip_torch (or "missing").
-2. ``digits``: DANN and CDAN+E MNIST -> USPS at TLlib's protocol (``experiment=digits_dann_tllib`` /
-   ``digits_cdan_e_tllib``: batch 128, 2,500 iterations x 20 epochs, lr 0.01) through
+2. ``digits``: DANN and CDAN+E MNIST -> USPS at TLlib's protocol (``experiment=digits_tllib/dann`` /
+   ``digits_tllib/cdan_e``: batch 128, 2,500 iterations x 20 epochs, lr 0.01) through
    :func:`lightning_da.train.compose_config` + :func:`lightning_da.train.train`, ``trainer=gpu
    logger=none callbacks=none``; last / best-by-monitor / oracle target accuracy next to TLlib's
    91.7 / 96.0, the steps actually run and the wall time. ``--digits-steps N`` shortens each run
@@ -71,7 +71,7 @@ from pathlib import Path
 
 import torch
 
-PUBLISHED = {"DANN": ("digits_dann_tllib", 91.7), "CDAN+E": ("digits_cdan_e_tllib", 96.0)}
+PUBLISHED = {"DANN": ("digits_tllib/dann", 91.7), "CDAN+E": ("digits_tllib/cdan_e", 96.0)}
 PROTOCOL_STEPS = 2500 * 20
 PACKAGES = ["lightning", "torchvision", "hydra-core", "omegaconf", "open_clip_torch", "timm", "torchmetrics"]
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -189,7 +189,7 @@ def digits_run(check: Check, method: str, experiment: str, published: float, tim
         overrides.append(f"trainer.max_steps={steps}")
     requested = steps or PROTOCOL_STEPS
     t0 = time.monotonic()
-    res = run_train(overrides, Path(a.work) / f"digits_{experiment}")
+    res = run_train(overrides, Path(a.work) / f"digits_{experiment.replace('/', '_')}")
     return {"method": method, "experiment": experiment, "overrides": overrides, "steps_requested": requested,
             "steps_run": res.get("steps"), "epochs": res.get("epochs"), "protocol_steps": PROTOCOL_STEPS,
             "full_protocol": res.get("steps") == PROTOCOL_STEPS, "time_cap_s": int(time_cap),

@@ -8,10 +8,10 @@ Both paths start from the same initial weights and the same tensors (SURF of the
 of the target, pre-drawn split 0) and run ``--steps`` full-batch steps of SSAN: the three
 projector forwards, the classifier, L_S + L_ISC + gamma L_D + beta L_ESA with the DANN GRL
 schedule, backward, nesterov SGD, and the per-step unlabelled-target accuracy for the
-best-over-training report. The library path is configured as ``experiment=ssan_surf_decaf task=surf_decaf_<task>``
+best-over-training report. The library path is configured as ``experiment=hda/ssan task=surf_decaf_<task>``
 (logging every 100 steps, no logger, no checkpoints, no progress bar; one validation at the end).
 The plain loop computes the same losses with the same functions. ``--row-space`` gives each
-domain in its row-space coordinates (``data.row_space=true``, as ``experiment=hda_base`` does);
+domain in its row-space coordinates (``data.row_space=true``, as ``experiment=hda/_protocol`` does);
 ``--fused`` uses the fused SGD kernel (``optimizer.fused=true``), in both paths. Reported: total wall time of
 each path (median over ``--repeats`` alternating runs), seconds per step, and the ratio.
 """

@@ -6,7 +6,7 @@
   it moves with the module's device and travels with checkpoints. Target training batches are
   ``(x, idx)`` (``data.domain.WithIndex``); ``idx`` is the key into the store. Any method that keeps
   per-sample target labels (CGDM's clustering, M2CAN's UACR selection) can use it.
-* :func:`~lightning_da.predict.predict_dataset` (re-exported here): one no-grad pass of a
+* :func:`~lightning_da.eval_pass.predict_dataset` (re-exported here): one no-grad pass of a
   ``(features, probs)`` callable over a loader.
 
 Typical use (CGDM, at a pseudo-label refresh)::
@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from lightning_da.data.batches import NEEDS_INDEX
-from lightning_da.predict import eval_mode, predict_dataset
+from lightning_da.eval_pass import eval_mode, predict_dataset
 
 __all__ = ["PseudoLabelStore", "cluster_dataset", "cluster_pseudo_labels", "predict_dataset"]
 

@@ -26,6 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 from lightning_da.callbacks import (FiniteLossCheck, InterruptCheckpoint, MetricHistory, ProgressLine, RNGStateCheckpoint,
                                    RunSignature, StepwiseTargetAccuracy)
 from lightning_da.callbacks.run_signature import check_resume, resume_error, run_signature
+from lightning_da.model_card import write_model_card
+from lightning_da.record import ModelRecord
 from lightning_da.run_checks import (check_image_backbone, check_run_length, check_setting, feature_width, is_hda_data,
                                      resolve_monitor)
 from lightning_da.validators import VALIDATORS, ValidatorScores
@@ -56,11 +58,11 @@ def compose_config(overrides: list[str], output_dir: str | os.PathLike, config_d
     return cfg
 
 
-def build_backbone(cfg: DictConfig, datamodule, method_cls, needs) -> torch.nn.Module | None:
-    """The configured backbone, fitted to the data: none for methods that build their own
-    (HDA projectors; an explicit ``backbone=`` override is refused), ``in_features: null`` filled
-    from the data's feature width (:func:`~lightning_da.run_checks.feature_width`), and the images
-    shaped to the backbone's ``input_spec``."""
+def build_backbone(cfg: DictConfig, datamodule, method_cls, needs) -> tuple[torch.nn.Module | None, DictConfig | None]:
+    """The configured backbone and its config as built, fitted to the data: none for methods that
+    build their own (HDA projectors; an explicit ``backbone=`` override is refused), ``in_features:
+    null`` filled from the data's feature width (:func:`~lightning_da.run_checks.feature_width`), and
+    the images shaped to the backbone's ``input_spec``."""
     backbone_cfg = cfg.get("backbone")
     if backbone_cfg and not needs.backbone:
         overrides = list(cfg.get("hydra", {}).get("overrides", {}).get("task", []))
@@ -78,7 +80,22 @@ def build_backbone(cfg: DictConfig, datamodule, method_cls, needs) -> torch.nn.M
         datamodule.fit_inputs_to(getattr(backbone, "input_spec", None), f"backbone {cfg.backbone.get('name', '')}".strip())
     if backbone is not None and not takes_features:
         check_image_backbone(backbone_cfg.get("name", ""), datamodule)
-    return backbone
+    return backbone, backbone_cfg
+
+
+def build_method(cfg: DictConfig, backbone: torch.nn.Module | None, num_classes: int, data_kwargs: dict) -> L.LightningModule:
+    """The configured method around ``backbone`` (norm inside), with what it takes from the data
+    (``data_kwargs``: HDA input widths, CLIP class names); ``lightning_da.load`` rebuilds with it too."""
+    return instantiate(
+        cfg.method,
+        backbone=backbone,
+        num_classes=num_classes,
+        **data_kwargs,
+        optimizer=instantiate(cfg.optimizer),
+        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
+        norm=instantiate(cfg.norm) if cfg.get("norm") else None,
+        _convert_="all",
+    )
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
@@ -89,22 +106,13 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     needs = method_cls.needs_for(OmegaConf.to_container(cfg.method, resolve=True))
     check_setting(cfg, datamodule, method_cls, needs)
     check_run_length(cfg, datamodule, needs)
-    backbone = build_backbone(cfg, datamodule, method_cls, needs)
+    backbone, backbone_cfg = build_backbone(cfg, datamodule, method_cls, needs)
     num_classes = datamodule.num_classes  # builds the domains and checks their class lists
+    # what a method needs from the data beyond the class count (HDA: the per-domain input dims)
     data_kwargs = dict(getattr(datamodule, "model_kwargs", {}))
     if needs.class_names:
         data_kwargs["class_names"] = list(datamodule.classes)  # CLIP methods build prompts from them
-    model = instantiate(
-        cfg.method,
-        backbone=backbone,
-        num_classes=num_classes,
-        # what a method needs from the data beyond the class count (HDA: the per-domain input dims)
-        **data_kwargs,
-        optimizer=instantiate(cfg.optimizer),
-        scheduler=instantiate(cfg.scheduler) if cfg.get("scheduler") else None,
-        norm=instantiate(cfg.norm) if cfg.get("norm") else None,
-        _convert_="all",
-    )
+    model = build_method(cfg, backbone, num_classes, data_kwargs)
     if needs.strong_view:  # FixMatch-style methods read (weak, strong) target views
         if not hasattr(datamodule, "strong_target_view"):
             raise ValueError(f"{type(model).__name__} needs weak and strong target views, which {type(datamodule).__name__} cannot give")
@@ -118,7 +126,9 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
             log.info("full-batch HDA data has no per-sample target loader: %s skipped (the oracle best step and "
                      "the last step are reported instead)", ", ".join(dropped))
             callbacks = [c for c in callbacks if type(c).__name__ not in dropped]
-    callbacks += [MetricHistory(), RNGStateCheckpoint(), FiniteLossCheck(), RunSignature(run_signature(cfg, model, datamodule))]
+    # every checkpoint carries what lightning_da.load_model needs to use the model without this run
+    callbacks += [MetricHistory(), RNGStateCheckpoint(), FiniteLossCheck(), RunSignature(run_signature(cfg, model, datamodule)),
+                  ModelRecord(cfg, backbone, backbone_cfg, data_kwargs)]
     resolve_monitor(cfg, datamodule)
     monitor = cfg.get("monitor")
     split = re.fullmatch(r"val/(\w+?)_acc(_mean_class)?", monitor or "")
@@ -193,13 +203,28 @@ def _single_log_stream() -> None:
             lg.propagate = True
 
 
+def warn_renamed_experiment(cfg: DictConfig) -> str | None:
+    """An experiment selected by its old name (``conf/experiment/<old>.yaml`` forwards to the new one for
+    one more release) logs a warning naming the new name; returns the message."""
+    renamed = cfg.get("renamed_experiment")
+    if not renamed:
+        return None
+    message = (f"experiment={renamed.old} is deprecated and will be removed in the next release: "
+               f"use experiment={renamed.new} (the same configuration)")
+    log.warning(message)
+    return message
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as configured; return the results (also written to ``results.json``)."""
     start = time.time()
     _single_log_stream()
+    warn_renamed_experiment(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):
         torch.set_float32_matmul_precision(cfg.float32_matmul_precision)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
     datamodule, model, trainer = build(cfg)
     trains = model.needs.trains
     if trains:
@@ -226,6 +251,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "norm": (cfg.get("norm") or {}).get("kind"),  # None: the backbone as built, no conversion
         "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision),
         "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
+        "threads": torch.get_num_threads(),
     }
     if hasattr(datamodule, "labeled_index"):  # semi-supervised HDA: which labelled-target split
         results["split"] = int(datamodule.split)
@@ -255,6 +281,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         with open(os.path.join(cfg.paths.output_dir, "results.json"), "w") as fh:
             json.dump(results, fh, indent=2)
+        write_model_card(cfg, results, os.path.join(cfg.paths.output_dir, "model_card.md"))
         for lg in trainer.loggers:
             if isinstance(lg, TensorBoardLogger):
                 final_metrics = {f"hp/{part}/{k.split('/', 1)[1]}": v for part in ("last", "best")

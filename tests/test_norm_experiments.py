@@ -5,13 +5,10 @@ real digits, and the Office-Caltech10 comparison on real images with EfficientNe
 import pytest
 import torch
 
-from conftest import QUICK, SHARED_DATA, make_cfg, needs_shared
+from conftest import FEW, SHARED_DATA, SMALL_IMAGES, make_cfg, needs_shared
 from lightning_da.train import train
 
 pytestmark = pytest.mark.slow
-FEW = [*QUICK, "data.iters_per_epoch=2", "data.batch_size=4", "trainer.max_epochs=1"]
-SMALL_IMAGES = ["data.domain_args.transform.resize=72", "data.domain_args.transform.crop=64", "data.num_workers=0",
-                "data.pin_memory=false", "data.persistent_workers=false"]
 
 
 def rn_layers(results) -> int:
@@ -37,12 +34,12 @@ def test_rn_experiments_on_standins(tmp_path, standins, name, folder, task, seed
 @needs_shared(SHARED_DATA / "MNIST")
 @pytest.mark.parametrize("norm", ["rn", "dsbn"])
 def test_norm_digits_experiment(tmp_path, norm):
-    res = train(make_cfg(tmp_path, ["experiment=norm_digits_cdan_e", f"norm={norm}", f"paths.data_dir={SHARED_DATA}", *FEW]))
+    res = train(make_cfg(tmp_path, ["experiment=digits/norm_cdan_e", f"norm={norm}", f"paths.data_dir={SHARED_DATA}", *FEW]))
     assert res["steps"] == 2 and 0 <= res["last"]["test/target_acc"] <= 1
 
 
 def test_norm_office_caltech_experiment(tmp_path, office_subset):
-    cfg = make_cfg(tmp_path, ["experiment=norm_office_caltech_cdan_e", "norm=rn", f"data.root={office_subset}",
+    cfg = make_cfg(tmp_path, ["experiment=office_caltech/norm_cdan_e", "norm=rn", f"data.root={office_subset}",
                               *SMALL_IMAGES, *FEW])
     res = train(cfg)
     assert res["steps"] == 2 and rn_layers(res) == 49 + 1      # every BN of EfficientNet-Lite0 + the bottleneck

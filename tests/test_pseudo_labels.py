@@ -1,4 +1,4 @@
-"""Pseudo labels: SHOT-style clustering, the per-sample store, and the prediction pass."""
+"""Pseudo labels (pseudo_labels.py): SHOT-style clustering and the per-sample store."""
 
 from __future__ import annotations
 
@@ -7,11 +7,9 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
 
-from lightning_da.data.domain import WithIndex
 from lightning_da.data.batches import target_indices
-from lightning_da.pseudo_labels import PseudoLabelStore, cluster_pseudo_labels, predict_dataset
+from lightning_da.pseudo_labels import PseudoLabelStore, cluster_pseudo_labels
 
 
 # ---------------------------------------------------------------------------------------------- reference
@@ -59,7 +57,6 @@ TINY_X = torch.tensor([[-3.0], [1.0], [2.0], [3.0]])
 TINY_P = torch.tensor([[0.9, 0.1], [0.9, 0.1], [0.9, 0.1], [0.4, 0.6]])
 
 
-# ---------------------------------------------------------------------------------------------- clustering
 def test_tiny_case_matches_loop_reference_and_hand_result():
     assert loop_reference(TINY_X.tolist(), TINY_P.tolist(), rounds=1) == [0, 0, 1, 1]
     assert loop_reference(TINY_X.tolist(), TINY_P.tolist(), rounds=2) == [0, 1, 1, 1]
@@ -129,7 +126,6 @@ def test_clustering_input_errors():
         cluster_pseudo_labels(torch.zeros(0, 2), torch.zeros(0, 2))
 
 
-# ---------------------------------------------------------------------------------------------- store
 def test_store_update_get_mask():
     store = PseudoLabelStore(10, 3)
     assert store.labels.dtype == torch.long and store.labels.tolist() == [-1] * 10
@@ -188,30 +184,3 @@ def test_store_errors():
     x, idx = target_indices((torch.zeros(2, 3), torch.tensor([4, 1])))
     assert idx.tolist() == [4, 1]
     assert not store.has_labels  # failed updates wrote nothing
-
-
-# ---------------------------------------------------------------------------------------------- prediction
-def test_predict_dataset_indexed_and_positional():
-    x = torch.arange(12, dtype=torch.float).view(6, 2)
-    ds = TensorDataset(x, torch.zeros(6, dtype=torch.long))
-
-    def forward(inp):
-        return inp * 2, torch.softmax(inp, 1)
-
-    loader = DataLoader(WithIndex(ds), batch_size=4, shuffle=True, generator=torch.Generator().manual_seed(0))
-    feats, probs, idx = predict_dataset(forward, loader, "cpu", indexed=True)
-    assert sorted(idx.tolist()) == list(range(6)) and idx.dtype == torch.long
-    assert torch.equal(feats, x[idx] * 2) and torch.allclose(probs, torch.softmax(x[idx], 1))
-
-    feats, probs, idx = predict_dataset(forward, DataLoader(ds, batch_size=4), "cpu")
-    assert idx.tolist() == list(range(6)) and torch.equal(feats, x * 2)
-
-    bare = DataLoader(x, batch_size=4)  # batches are bare tensors: no indices
-    with pytest.raises(ValueError, match=r"must yield \(x, idx\)"):
-        predict_dataset(forward, bare, "cpu", indexed=True)
-
-    # end to end into the store
-    store = PseudoLabelStore(6, 2)
-    feats, probs, idx = predict_dataset(forward, loader, "cpu", indexed=True)
-    store.update(idx, cluster_pseudo_labels(feats, probs))
-    assert store.valid.all()

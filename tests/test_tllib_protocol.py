@@ -33,7 +33,7 @@ def test_tllib_experiment_builds_tllibs_network(tmp_path, name, disc_in):
 
 
 def test_tllib_experiment_trains_with_the_fixed_grl_schedule(tmp_path):
-    cfg = make_cfg(tmp_path, ["experiment=digits_dann_tllib", "data=digits_bundled", *QUICK])
+    cfg = make_cfg(tmp_path, ["experiment=digits_tllib/dann", "data=digits_bundled", *QUICK])
     res = train(cfg)
     state = torch.load(res["last"]["checkpoint"], map_location="cpu", weights_only=False)["state_dict"]
     grl_state = next(v for k, v in state.items() if k.startswith("grl") and k.endswith("_extra_state"))

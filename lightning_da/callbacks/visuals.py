@@ -15,7 +15,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torchmetrics.functional.classification import multiclass_confusion_matrix
 
-from lightning_da.predict import eval_mode
+from lightning_da.eval_pass import eval_mode
 
 log = logging.getLogger(__name__)
 

@@ -2,11 +2,14 @@
 
 Every digit domain is decoded once into a uint8 tensor resized to ``image_size`` with ``channels``
 channels (grey is repeated to 3; RGB is averaged to 1), then served from memory, so an epoch
-costs no image decoding. Sizes above ``STORE_MAX`` (CLIP's 224 px) are stored at the native size
+costs no image decoding. ``resize`` picks how: ``bilinear`` (default; one antialiased bilinear
+``F.interpolate`` over the whole array) or ``pil_bicubic`` (each image through PIL's
+``Image.resize`` with its default bicubic filter, as TLlib's ``ResizeImage`` does, e.g. USPS
+16 -> 28 px in its digits scripts). Sizes above ``STORE_MAX`` (CLIP's 224 px) are stored at the native size
 and resized per item instead (MNIST at 224 px would need 9 GB). Normalisation is
 ``(x - mean) / std`` (default 0.5 / 0.5).
 
-Every builder also takes ``mean``/``std``, ``train_crop_scale`` (a ``RandomResizedCrop(image_size,
+Every builder also takes ``resize``, ``mean``/``std``, ``train_crop_scale`` (a ``RandomResizedCrop(image_size,
 scale)`` training augmentation, CMKD's digits setting) and ``strong_view`` (arguments of
 :func:`~lightning_da.data.views.strong_tensor_augment`, for ``data.strong_target_view``).
 """
@@ -21,14 +24,31 @@ import torch
 import torch.nn.functional as F
 
 from lightning_da.data.domain import DataError, Domain, TensorImages
+from lightning_da.data.preprocess import DigitImage, image_description
 from lightning_da.data.views import strong_tensor_augment
 
 DIGIT_CLASSES = [str(i) for i in range(10)]
 #: images larger than this are stored at their native size and resized per item
 STORE_MAX = 64
+RESIZE_MODES = ("bilinear", "pil_bicubic")
 
 
-def _prepare(images, image_size: int, channels: int) -> torch.Tensor:
+def _resize(x: torch.Tensor, image_size: int, mode: str) -> torch.Tensor:
+    """``(N, C, H, W)`` uint8 images resized to ``image_size`` square (``RESIZE_MODES``)."""
+    if mode == "bilinear":
+        x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
+        return x.round().clamp(0, 255).to(torch.uint8)
+    from PIL import Image
+
+    out = [np.asarray(Image.fromarray(img.squeeze(-1) if img.shape[-1] == 1 else img).resize((image_size, image_size), Image.Resampling.BICUBIC))
+           for img in x.permute(0, 2, 3, 1).numpy()]   # = PIL's default filter for L / RGB images
+    out = torch.from_numpy(np.stack(out))
+    return (out.unsqueeze(1) if out.ndim == 3 else out.permute(0, 3, 1, 2)).contiguous()
+
+
+def _prepare(images, image_size: int, channels: int, resize: str = "bilinear") -> torch.Tensor:
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"unknown digits resize {resize!r}; choose one of {RESIZE_MODES}")
     x = torch.as_tensor(np.asarray(images))
     if x.ndim == 3:
         x = x.unsqueeze(1)
@@ -37,18 +57,17 @@ def _prepare(images, image_size: int, channels: int) -> torch.Tensor:
     if x.shape[1] != channels:
         x = x.expand(-1, 3, -1, -1) if channels == 3 else x.float().mean(1, keepdim=True).round().to(torch.uint8)
     if image_size <= STORE_MAX and (x.shape[-1] != image_size or x.shape[-2] != image_size):
-        x = F.interpolate(x.float(), size=(image_size, image_size), mode="bilinear", antialias=True, align_corners=False)
-        x = x.round().clamp(0, 255).to(torch.uint8)
+        x = _resize(x, image_size, resize)
     return x.contiguous()
 
 
 def _digits_domain(name, train, test, image_size, channels, mean=(0.5,), std=(0.5,), train_crop_scale=None,
-                   strong_view: dict | None = None, **info) -> Domain:
+                   strong_view: dict | None = None, resize: str = "bilinear", **info) -> Domain:
     def ds(split):
         if split is None:
             return None
         images, labels = split
-        return TensorImages(_prepare(images, image_size, channels), torch.as_tensor(np.asarray(labels)).long(),
+        return TensorImages(_prepare(images, image_size, channels, resize), torch.as_tensor(np.asarray(labels)).long(),
                             mean=mean, std=std, size=image_size)
 
     train_eval = ds(train)
@@ -58,13 +77,16 @@ def _digits_domain(name, train, test, image_size, channels, mean=(0.5,), std=(0.
 
         augment = v2.RandomResizedCrop(image_size, scale=tuple(train_crop_scale), antialias=True)
     train_set = train_eval.with_views(augment=augment)
-    strong = train_eval.with_views(augment=augment, strong=strong_tensor_augment(**(strong_view or {})))
-    return Domain(name, train_set, DIGIT_CLASSES, ds(test), info, train_eval=train_eval, train_strong=strong)
+    strong_tf = strong_tensor_augment(**{"image_size": image_size, "mean": mean, **(strong_view or {})})
+    strong = train_eval.with_views(augment=augment, strong=strong_tf)
+    eval_input = image_description("as_stored", DigitImage(image_size, channels, mean, std, resize))
+    return Domain(name, train_set, DIGIT_CLASSES, ds(test), info, train_eval=train_eval, train_strong=strong,
+                  eval_input=eval_input)
 
 
 def _views(options: dict) -> dict:
-    """The per-item view options among a builder's extra keyword arguments (others are ignored)."""
-    return {k: options[k] for k in ("mean", "std", "train_crop_scale", "strong_view") if k in options}
+    """The resizing and per-item view options among a builder's extra keyword arguments (others are ignored)."""
+    return {k: options[k] for k in ("resize", "mean", "std", "train_crop_scale", "strong_view") if k in options}
 
 
 def _require(path: str, layout: str) -> None:

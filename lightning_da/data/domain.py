@@ -24,6 +24,9 @@ class Domain:
     train_eval: Dataset | None = None  # the train split with the evaluation transform (default: train)
     #: the train split as ``((weak, strong), label)`` pairs (``data.views``); None: the domain has no strong view
     train_strong: Dataset | None = None
+    #: what the evaluation splits do to a raw sample, as plain data (``data.preprocess``); a checkpoint
+    #: carries it so that the model applies to new data. None: the builder does not describe it
+    eval_input: dict | None = None
 
     def __post_init__(self):
         if self.train_eval is None:

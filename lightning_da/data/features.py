@@ -39,6 +39,7 @@ import torch
 from torch.utils.data import Dataset
 
 from lightning_da.data.domain import DataError, Domain
+from lightning_da.data.preprocess import feature_description
 
 FEATURE_KEYS = ("features", "fts", "fea", "X", "x")
 LABEL_KEYS = ("labels", "gnd", "label", "y", "Y")
@@ -197,6 +198,15 @@ def encode_labels(raw: np.ndarray, n: int, label_base: int, path: Path,
     return torch.from_numpy(np.searchsorted(values, y)), names
 
 
+def _eval_input(x: torch.Tensor, raw: np.ndarray, label_base: int, l2_normalize: bool, classes: list[str]) -> dict:
+    """The domain's ``eval_input``: its width, normalisation and label numbering (as :func:`encode_labels`;
+    class-name labels by their names)."""
+    if is_text(raw):
+        return feature_description(x.shape[1], l2_normalize, 0, [], label_names=classes)
+    values = np.unique(np.asarray(raw).reshape(-1).astype(np.int64) - label_base)
+    return feature_description(x.shape[1], l2_normalize, label_base, values.tolist())
+
+
 def require_finite(x: torch.Tensor, domain: str, path: Path) -> None:
     """Refuse features holding NaN or Inf, naming the domain, the file and how many rows: a single
     such value makes every loss and gradient non-finite, and training would go on silently."""
@@ -257,7 +267,8 @@ def feature_domain(name: str, path: str, root: str | None = None, features_key: 
         info["splits"] = _read_splits(arrays, splits_key, split_base, len(x), file)
     elif splits_key is not None:
         raise DataError(f"{file} is a bare array and cannot hold splits {splits_key!r}")
-    return Domain(name=name, train=FeatureTensors(x, y), classes=classes, info=info)
+    return Domain(name=name, train=FeatureTensors(x, y), classes=classes, info=info,
+                  eval_input=_eval_input(x, raw, label_base, l2_normalize, classes))
 
 
 def shda_source_domain(name: str, path: str, root: str | None = None, label_base: int = 1, l2_normalize: bool = True,
@@ -291,4 +302,5 @@ def shda_target_domain(name: str, path: str, split: int = 0, root: str | None = 
     if l2_normalize:
         x = l2_normalize_rows(x)
     info = {"dim": x.shape[1], "path": str(file), "splits": {split: torch.arange(len(x_l))}}
-    return Domain(name=name, train=FeatureTensors(x, y), classes=classes, info=info)
+    return Domain(name=name, train=FeatureTensors(x, y), classes=classes, info=info,
+                  eval_input=_eval_input(x, raw, label_base, l2_normalize, classes))

@@ -17,7 +17,7 @@ Labelled target split (``labeled``):
 * ``file``: the pre-drawn split ``split`` stored with the target domain (``info["splits"]``,
   e.g. DeCAF6's ``target_idx`` columns).
 
-Row-space coordinates (``row_space=True``, on in ``experiment=hda_base``): a domain with fewer rows
+Row-space coordinates (``row_space=True``, on in ``experiment=hda/_protocol``): a domain with fewer rows
 than features (DeCAF6 DSLR: 157 x 4096) is given in an orthonormal basis of its own row span: with
 the QR decomposition ``X^T = Q R`` (float64), ``X = R^T Q^T`` and the model sees ``X Q = R^T``
 (157 x 157). Nothing is lost: every row of the domain (labelled, unlabelled, evaluated) lies in the

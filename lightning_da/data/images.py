@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms as T
 
 from lightning_da.data.domain import DataError, Domain
+from lightning_da.data.preprocess import image_description
 from lightning_da.data.views import strong_image_transform
 
 log = logging.getLogger(__name__)
@@ -198,4 +199,5 @@ def image_domain(name: str, root: str | None = None, path: str | None = None, li
     else:
         strong_tf = strong_image_transform(**{**transform, **(strong_view or {})})
     strong = ImageSamples(train_samples, train.transform, strong_tf)
-    return Domain(name, train, names, test, train_eval=ImageSamples(train_samples, test_tf), train_strong=strong)
+    return Domain(name, train, names, test, train_eval=ImageSamples(train_samples, test_tf), train_strong=strong,
+                  eval_input=image_description("rgb", test_tf))

@@ -51,6 +51,7 @@ from lightning_da.data.batches import cat_inputs, input_len  # noqa: F401 (re-ex
 from lightning_da.data.datamodule import DADataModule
 from lightning_da.data.domain import DataError, Domain
 from lightning_da.data.images import IMAGENET_MEAN, IMAGENET_STD
+from lightning_da.data.preprocess import describe_transform
 
 _PUNCT = re.compile(f"[{re.escape(string.punctuation)}]")
 
@@ -214,8 +215,11 @@ def multimodal_domain(name: str, train_list: str, image_root: str, classes: Sequ
               word_dropout=word_dropout, join=join, crop=crop)
     train = load(train_list)
     test = MultiModalList(load(test_list), **kw) if test_list else None
+    eval_input = {"kind": "multimodal", "inputs": {
+        "text": {"kind": "texts", "join": join},
+        "image": {"kind": "image_set", "max_images": max_images, "crop": crop, "ops": describe_transform(weak)}}}
     return Domain(name, MultiModalList(train, strong=True, **kw), list(classes), test=test,
-                  train_eval=MultiModalList(train, **kw), info={"modalities": ["text", "image"]})
+                  train_eval=MultiModalList(train, **kw), info={"modalities": ["text", "image"]}, eval_input=eval_input)
 
 
 # ---------------------------------------------------------------------------------------------- Amazon reviews
@@ -306,7 +310,9 @@ def amazon_review_domain(name: str, root: str, vocab_size: int = 5000, vocab_dom
     kw = dict(texts=texts, labels=labels, vocab=vocab)
     return Domain(name, ReviewSamples(strong=True, text_dropout=text_dropout, bow_dropout=bow_dropout, **kw),
                   ["negative", "positive"], train_eval=ReviewSamples(**kw),
-                  info={"modalities": ["text", "bow"], "bow_dim": len(vocab)})
+                  info={"modalities": ["text", "bow"], "bow_dim": len(vocab)},
+                  eval_input={"kind": "multimodal", "inputs": {"text": {"kind": "text"},
+                                                               "bow": {"kind": "bag_of_words", "vocabulary": sorted(vocab, key=vocab.get)}}})
 
 
 # ---------------------------------------------------------------------------------------------- batches

@@ -57,7 +57,7 @@ def weighted_cross_entropy(
 
     As in the original, only the normaliser ``W`` is detached: each ``w_i`` carries gradient into
     the logits (and, inside ``L_GD``, into the second-order gradient that reaches G).
-    ``detach_weights=True`` detaches the whole weight (an earlier form of this library; it changes
+    ``detach_weights=True`` detaches the whole weight (not the original's form; it changes
     the loss gradient by 21-50% and step C's gradient into G by about 0.7%).
     """
     w = 1.0 + torch.exp(-entropy(logits.detach() if detach_weights else logits, reduction="none"))

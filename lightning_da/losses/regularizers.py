@@ -9,6 +9,9 @@ Each term maps the target logits of the current batch to a scalar to minimise:
 * ``mcc``: minimum class confusion (Jin et al. 2020) at temperature T = 2.5:
   ``p = softmax(z / T)``, ``w_i = B (1 + exp(-H(p_i))) / sum_j (1 + exp(-H(p_j)))``,
   ``C = P^T diag(w) P`` with rows normalised to sum 1, loss ``(sum C - trace C) / num_classes``.
+* ``class_balance``: ``-1/K sum_k log(mean_i p_ik + 1e-6)``, the cross-entropy of the uniform
+  distribution to the batch's mean prediction (smallest when every class is predicted equally often);
+  TLlib's MCD calls it ``entropy`` (``tllib.alignment.mcd.entropy``, ``--trade-off-entropy``).
 """
 
 from __future__ import annotations
@@ -35,11 +38,16 @@ def minimum_class_confusion(logits: torch.Tensor, temperature: float = 2.5) -> t
     return (confusion.sum() - confusion.trace()) / c
 
 
+def class_balance(logits: torch.Tensor) -> torch.Tensor:
+    return -torch.log(F.softmax(logits, dim=1).mean(0) + 1e-6).mean()
+
+
 EXTRA_LOSSES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "entropy": entropy,
     "im": information_maximization,
     "bnm": batch_nuclear_norm,
     "mcc": minimum_class_confusion,
+    "class_balance": class_balance,
 }
 
 

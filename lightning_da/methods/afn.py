@@ -24,14 +24,20 @@ config's ``bottleneck: {dim: 1000, batch_norm: true, relu: true, dropout: 0.5}``
   BN weights ~ N(1, 0.01) with zero bias (then ``classifier_init`` and ``bottleneck.init`` must be
   left unset).
 
-Deviations from TLlib (not flags; the optimiser is config): TLlib's SGD has momentum 0.9 on the
-bottleneck and head only (none on the backbone) and a constant learning rate; here one momentum for
-all groups (the digits experiment pins the constant schedule). TLlib forwards source and target in
-two calls; here ``[source; target]`` goes in one (the BN layer sees both domains at once).
+* ``domain_forward``: ``joint`` (default) forwards ``[source; target]`` in one call, so the
+  bottleneck's BatchNorm normalises the mixed batch; ``separate`` forwards the source batch, then the
+  target batch (TLlib's ``afn.py``: ``model(x_s)``, ``model(x_t)``), so in training each domain is
+  normalised with its own batch statistics and the running statistics are updated twice per step,
+  source first. ``separate`` cannot give a domain-aware norm its split and refuses one.
+
+The optimiser is config: TLlib's SGD has momentum 0.9 on the bottleneck and head only (none on the
+backbone: ``group_options: {backbone: {momentum: 0.0}}``), no nesterov, and a constant learning rate
+(``experiment=digits_tllib/afn`` pins all three).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -42,20 +48,24 @@ from lightning_da.methods.base import SingleStepMethod
 from lightning_da.models.heads import tllib_head_init_
 
 VARIANTS = ("safn", "hafn")
+DOMAIN_FORWARDS = ("joint", "separate")
 
 
 class AFN(SingleStepMethod):
     def __init__(self, *args, variant: str = "safn", delta: float = 1.0, radius: float = 25.0,
                  l2_preserving_dropout: bool = True, tllib_init: bool = True, trade_off: float | None = 0.05,
-                 classifier_init: str | None = None, **kwargs):
+                 classifier_init: str | None = None, domain_forward: str = "joint", **kwargs):
         if variant not in VARIANTS:
             raise ValueError(f"unknown AFN variant {variant!r}; choose one of {VARIANTS}")
+        if domain_forward not in DOMAIN_FORWARDS:
+            raise ValueError(f"unknown AFN domain_forward {domain_forward!r}; choose one of {DOMAIN_FORWARDS}")
         bottleneck_init = (kwargs.get("bottleneck") or {}).get("init")
         if tllib_init and (classifier_init is not None or bottleneck_init is not None):
             raise ValueError("AFN's tllib_init sets the bottleneck and classifier initialisation itself: leave "
                              "method.classifier_init and method.bottleneck.init unset, or set tllib_init=false")
         super().__init__(*args, trade_off=trade_off, classifier_init=classifier_init, **kwargs)
         self.variant, self.delta, self.radius = variant, float(delta), float(radius)
+        self.domain_forward = domain_forward
         p = next((m.p for m in self.bottleneck.modules() if isinstance(m, nn.Dropout)), 0.0)
         self.dropout_scale = math.sqrt(1.0 - p) if l2_preserving_dropout else 1.0
         if tllib_init:
@@ -64,9 +74,24 @@ class AFN(SingleStepMethod):
     def _tllib_init(self) -> None:
         tllib_head_init_(self.bottleneck, self.classifier)
 
+    @classmethod
+    def needs_for(cls, options):
+        # "separate" forwards each domain on its own: there is no joint batch to split
+        return dataclasses.replace(cls.needs, domain_split=options.get("domain_forward", "joint") == "joint")
+
+    def domain_split_refusal(self) -> str:
+        return ("AFN with domain_forward=separate forwards each domain on its own and cannot use a domain-aware "
+                "norm (dsbn/transnorm/rn); use domain_forward=joint or norm=bn")
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         f = super().features(x)
         return f * self.dropout_scale if self.training and self.dropout_scale != 1.0 else f
+
+    def forward_domains(self, xs: torch.Tensor, xt: torch.Tensor):
+        if self.domain_forward == "joint":
+            return super().forward_domains(xs, xt)
+        f = torch.cat([self.features(xs), self.features(xt)])  # source first, then target (TLlib)
+        return f, self.classify(f)
 
     def norm_loss(self, features: torch.Tensor) -> torch.Tensor:
         if self.variant == "safn":

@@ -122,21 +122,11 @@ class Step:
     features: torch.Tensor | None = None
     logits: torch.Tensor | None = None
 
-    @property
-    def source_logits(self) -> torch.Tensor:
-        return self.logits[:self.n_source]
-
-    @property
-    def target_logits(self) -> torch.Tensor:
-        return self.logits[self.n_source:]
-
-    @property
-    def source_features(self) -> torch.Tensor:
-        return self.features[:self.n_source]
-
-    @property
-    def target_features(self) -> torch.Tensor:
-        return self.features[self.n_source:]
+    # the forward's rows by domain (source rows first)
+    source_logits = property(lambda self: self.logits[:self.n_source])
+    target_logits = property(lambda self: self.logits[self.n_source:])
+    source_features = property(lambda self: self.features[:self.n_source])
+    target_features = property(lambda self: self.features[self.n_source:])
 
 
 def configured_lr(factory: Callable) -> float | None:
@@ -233,7 +223,11 @@ class DAMethod(L.LightningModule, metaclass=_FinishAfterInit):
         """After every part is built: settle ``needs`` for the options given, convert the feature
         path's norm layers (``norm``), then refuse a domain-aware norm when the method cannot split
         its batches by domain."""
-        self.needs = type(self).needs_for(self.hparams)
+        needs = type(self).needs_for(self.hparams)
+        if "needs" in self.__dict__ and self.__dict__["needs"] != needs:
+            raise TypeError(f"{type(self).__name__} changed self.needs in __init__; declare a need that depends on "
+                            "an option in the class method needs_for(options), which the builder reads too")
+        self.needs = needs
         norm, self._norm = self._norm, None
         if norm is not None:
             for name in self.norm_modules():

@@ -11,7 +11,9 @@ The discriminator sees the multilinear map of features and (detached) prediction
   normalised within source and within target, with the GRL also on the entropy (see
   ``losses.adversarial.entropy_weights``), as in the CDAN / RN code.
 
-The GRL coefficient defaults to the CDAN / RN ``calc_coeff``: alpha 10 over 10,000 iterations.
+The GRL coefficient in ``conf/method/cdan.yaml`` (and ``bsp.yaml``) is the CDAN / RN ``calc_coeff``:
+alpha 10 over 10,000 iterations; built without a ``grl`` option, the class uses DANN's progress
+schedule over the whole run.
 The default heads are TLlib's (discriminator with BatchNorm, no dropout; learning-rate multiplier 1;
 PyTorch's default classifier init). The original CDAN / RN network is
 ``discriminator: {hidden: 1024, batch_norm: false, dropout: 0.5}``, ``lr_mult`` 10 on the

@@ -3,8 +3,8 @@
 With target entropy ``Ent`` (``entropy_mode``: ``im`` = mean H(p_i) - H(mean p), ``conditional`` =
 mean H(p_i) as in the old Office-31 script), entropy-weighted CE on pseudo labels ``WCE`` (weights
 ``w_i = 1 + exp(-H_i)`` divided by the constant ``sum_j w_j``, with gradient through each ``w_i`` as in
-the original; ``wce_detach_weights=true`` detaches the whole weight instead, an earlier form of this
-library; ``wce_batch_factor=true`` keeps the original's extra 1/B)
+the original; ``wce_detach_weights=true`` detaches the whole weight instead, not the original's form;
+``wce_batch_factor=true`` keeps the original's extra 1/B)
 and the gradient discrepancy ``L_GD`` (per head k, for every parameter tensor P of F_k, the cosine
 between ``dCE(F_k(f_s), y_s)/dP`` and ``dWCE(F_k(f_t), y_hat)/dP``, per row for matrices, whole
 vector for vectors; ``L_GD = mean_k mean_P (1 - cos_P)``), each batch runs:

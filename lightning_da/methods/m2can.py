@@ -54,7 +54,7 @@ from lightning_da.methods.base import DAMethod, Needs, OptimGroup
 from lightning_da.models.grl import GradientReversal
 from lightning_da.models.multimodal import ModalityHead, MultiHeadClassifier, PairDiscriminator, TwoBranchNet
 from lightning_da.optim import SAMPerturbation
-from lightning_da.predict import eval_mode, predict_dataset
+from lightning_da.eval_pass import eval_mode, predict_dataset
 from lightning_da.pseudo_labels import PseudoLabelStore
 
 DEFAULT_LR = {"backbone": 2e-5, "extractor": 2e-5, "mlb": 5e-4, "heads": 5e-4, "disc_sources": 2e-4, "disc_target": 3e-4}

@@ -48,7 +48,7 @@ Architecture flags are those of :class:`~lightning_da.methods.hda.HDANet` (``lay
 Usage (SURF of Caltech -> DeCAF6 of DSLR, pre-drawn split 0 of 20; results.json gets ``last`` and
 the ``oracle`` best over the 3000 steps)::
 
-    python run.py experiment=ssan_surf_decaf task=surf_decaf_c2d data.split=0
+    python run.py experiment=hda/ssan task=surf_decaf_c2d data.split=0
     python -m benchmarks.hda_partitions --methods ssan --tasks c2d --splits 20 --out bench_out/hda
 """
 

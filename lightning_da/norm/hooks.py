@@ -3,9 +3,10 @@
 
 * RN (:class:`~lightning_da.norm.rn.ReciprocalNorm`): after every optimiser step (automatic or
   manual, before the scheduler steps) the gates are clamped to their range.
-* AdaBN (``norm=adabn``): before each validation and test pass the marked BatchNorm layers'
-  statistics are re-estimated on the whole target train set (test-time transform; every rank the
-  same data, so ranks agree), through the module's ``features``.
+* AdaBN (``norm=adabn``): before each validation and test pass, and once fitting ends, the marked
+  BatchNorm layers' statistics are re-estimated on the whole target train set (test-time transform;
+  every rank the same data, so ranks agree), through the module's ``features``; so the checkpoints
+  hold the target statistics the model is evaluated with.
 """
 
 from __future__ import annotations
@@ -44,14 +45,20 @@ class NormHooks(L.Callback):
     def on_test_epoch_start(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         self._adapt(trainer, module)
 
-    @staticmethod
-    def _adapt(trainer: L.Trainer, module: L.LightningModule) -> None:
+    def on_fit_end(self, trainer: L.Trainer, module: L.LightningModule) -> None:
+        # the fitted model keeps its target statistics (a checkpoint written now evaluates as the tests
+        # do): estimated again unless nothing trained since the last validation's estimate
+        if getattr(self, "_adapted_at_step", None) != trainer.global_step:
+            self._adapt(trainer, module)
+
+    def _adapt(self, trainer: L.Trainer, module: L.LightningModule) -> None:
         layers = adabn_layers(module)
         if not layers or trainer.sanity_checking:
             return
         loader = trainer.datamodule.target_pass_loader(eval_transform=True)
         batches = (move_data_to_device(x, module.device) for x, _ in loader)
         adapt_batchnorm(module, module.features, batches, layers)
+        self._adapted_at_step = trainer.global_step
 
 
 def norm_callbacks(module: nn.Module) -> list[L.Callback]:

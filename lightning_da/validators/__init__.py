@@ -30,7 +30,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from lightning_da.predict import eval_mode, predict_dataset
+from lightning_da.eval_pass import eval_mode, predict_dataset
 from lightning_da.validators.scores import (bnm_score, class_ami_score, dev_score, entropy_score, im_score, snd_score,
                                             source_accuracy)
 
