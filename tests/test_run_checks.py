@@ -56,7 +56,7 @@ def test_features_of_different_widths_need_the_heterogeneous_setting(features, t
 
 def test_backbone_and_data_kinds_must_match(features, tmp_path):
     with pytest.raises(ValueError, match=r"gives feature vectors .* but backbone=lenet takes images: use backbone=mlp"):
-        build(features_cfg(tmp_path, features, "data.labeled_per_class=null"))
+        build(features_cfg(tmp_path, features, "data.labeled_per_class=null", "backbone=lenet"))
     with pytest.raises(ValueError, match=r"backbone=mlp takes feature vectors, but this data gives images: use an image backbone"):
         build(make_cfg(tmp_path, ["backbone=mlp", *FAST]))
 

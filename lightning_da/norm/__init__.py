@@ -5,6 +5,9 @@ keeps its activation) of a built network with ``kind`` and carries the pretraine
 running statistics over:
 
 * ``bn``: BatchNorm as built (nothing changes).
+* ``none``: no normalization: every BatchNorm layer is removed (an identity; timm's BatchNormAct
+  keeps its activation). The default of unsupervised DA on feature files (``data=features``), where
+  BatchNorm's per-unit standardisation with source statistics costs transfer (``docs/own_data.md``).
 * ``adabn``: BatchNorm in training; before every evaluation the running statistics are re-estimated
   on the target data (:mod:`lightning_da.norm.adabn`). Any method can use it.
 * ``dsbn``, ``transnorm``, ``rn``: domain-aware norms (:class:`DSBN`, :class:`TransNorm`,
@@ -29,7 +32,7 @@ from lightning_da.norm.rn import ReciprocalNorm
 from lightning_da.norm.transnorm import TransNorm
 
 DOMAIN_NORMS: dict[str, type[TwoDomainNorm]] = {"dsbn": DSBN, "transnorm": TransNorm, "rn": ReciprocalNorm}
-NORMS = ("bn", "adabn", *DOMAIN_NORMS)
+NORMS = ("bn", "none", "adabn", *DOMAIN_NORMS)
 
 __all__ = ["DSBN", "NORMS", "DomainAwareNorm", "DomainSplitError", "ReciprocalNorm", "TransNorm", "TwoDomainNorm",
            "NormHooks", "adabn_layers", "adapt_batchnorm", "clamp_norm_gates", "convert_norm", "domain_aware_layers",
@@ -47,18 +50,19 @@ def convert_norm(module: nn.Module, kind: str = "bn", rn1d_uniform_gamma: bool =
     """
     if kind not in NORMS:
         raise ValueError(f"unknown norm {kind!r}; available: {list(NORMS)}")
+    if kind in ("bn", "none", "adabn") and options:
+        raise ValueError(f"norm={kind} takes no options, got {sorted(options)}")
     if kind == "bn":
-        if options:
-            raise ValueError(f"norm=bn takes no options, got {sorted(options)}")
         return module
     if kind == "adabn":
-        if options:
-            raise ValueError(f"norm=adabn takes no options, got {sorted(options)}")
         return mark_adabn(module)
-    cls = DOMAIN_NORMS[kind]
+    cls = DOMAIN_NORMS.get(kind)
 
     def replace(bn: _BatchNorm) -> nn.Module:
-        layer = cls.from_batchnorm(bn, **options)
+        if cls is None:  # none
+            layer = nn.Identity()
+        else:
+            layer = cls.from_batchnorm(bn, **options)
         if kind == "rn" and rn1d_uniform_gamma and isinstance(bn, nn.BatchNorm1d) and layer.affine:
             with torch.no_grad():
                 layer.weight.uniform_(0.0, 1.0)
