@@ -6,6 +6,11 @@ protocol's defaults (a trained MLP should do at least as well as a linear probe)
     python -m benchmarks.feature_uda_defaults feats --tasks books:dvd dvd:electronics \\
         --config "default=" --config "wd5e-3=optimizer.weight_decay=5e-3"
 
+``--reviews <amazon_reviews/raw>`` writes a missing ``<features_dir>/<domain>.npz`` first from the
+Amazon reviews data (Blitzer's ``<domain>/{negative,positive}.review``): the first ``--per-class``
+reviews of each polarity, embedded with the bundled MiniLM (``embed_text --max-length 128``), labels
+``negative`` / ``positive``. ``--save results.json`` keeps the table's numbers.
+
 Each ``--config NAME=OVERRIDES`` (space-separated run.py overrides, may be empty) trains
 ``--method`` (default ``source_only``) on every task; the probe is ``sklearn.linear_model.LogisticRegression(C=1)``
 on the L2-normalised source rows (as ``data.l2_normalize=true`` gives the MLP), tested on every
@@ -16,8 +21,11 @@ target row. Reported: target accuracy of the last checkpoint and of the best by 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import shlex
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +41,21 @@ def probe_accuracy(source: Path, target: Path, c: float = 1.0) -> float:
     s, t = np.load(source), np.load(target)
     clf = LogisticRegression(C=c, max_iter=5000).fit(normalize(s["features"]), s["labels"])
     return float((clf.predict(normalize(t["features"])) == t["labels"]).mean())
+
+
+def reviews_features(reviews: Path, domain: str, out: Path, per_class: int) -> None:
+    """``out``: MiniLM features of the first ``per_class`` negative and positive reviews of ``domain``."""
+    from lightning_da.data import embed_text
+    from lightning_da.data.multimodal import read_reviews
+
+    table = out.with_suffix(".tsv")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(table, "w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh, delimiter="\t")
+        writer.writerow(["text", "label"])
+        for polarity in ("negative", "positive"):
+            writer.writerows([text, polarity] for text in read_reviews(str(reviews / domain / f"{polarity}.review"))[:per_class])
+    embed_text.main([str(table), str(out), "--max-length", "128", "--no-progress"])
 
 
 def uda_run(source: Path, target: Path, overrides: list[str], seed: int, method: str = "source_only") -> dict:
@@ -54,8 +77,14 @@ def main(argv=None) -> None:
     ap.add_argument("--config", action="append", default=[], help="NAME=space-separated run.py overrides")
     ap.add_argument("--seeds", type=int, default=1)
     ap.add_argument("--method", default="source_only", help="the UDA method to train (default: source_only)")
+    ap.add_argument("--reviews", type=Path, help="Amazon reviews raw folder: embed missing <domain>.npz files from it")
+    ap.add_argument("--per-class", type=int, default=1000, help="reviews per polarity and domain (--reviews)")
+    ap.add_argument("--save", type=Path, help="write the numbers as JSON")
     args = ap.parse_args(argv)
     root = Path(args.features_dir)
+    for domain in sorted({d for task in args.tasks for d in task.split(":")}):
+        if args.reviews and not (root / f"{domain}.npz").exists():
+            reviews_features(args.reviews, domain, root / f"{domain}.npz", args.per_class)
     configs = [c.split("=", 1) for c in (args.config or ["default="])]
     print("| task | linear probe | " + " | ".join(f"{n} last / best" for n, _ in configs) + " |")
     print("|---|---|" + "---|" * len(configs))
@@ -72,6 +101,13 @@ def main(argv=None) -> None:
     mean = [statistics.mean(col) for col in zip(*rows)]
     cells = [f"{mean[0]:.1f}"] + [f"{mean[i]:.1f} / {mean[i + 1]:.1f}" for i in range(1, len(mean), 2)]
     print("| mean | " + " | ".join(cells) + " |")
+    if args.save:
+        columns = ["linear probe"] + [f"{name} {kind}" for name, _ in configs for kind in ("last", "best")]
+        args.save.parent.mkdir(parents=True, exist_ok=True)
+        args.save.write_text(json.dumps({
+            "command": "python -m benchmarks.feature_uda_defaults " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+            "method": args.method, "seeds": args.seeds, "configs": dict(configs), "columns": columns,
+            "rows": {task: dict(zip(columns, row)) for task, row in zip(args.tasks, rows)}}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -248,7 +248,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
     results: dict[str, Any] = {
         "method": type(model).__name__, "task": f"{'+'.join(datamodule.source_names)}->{datamodule.target_name}",
-        "norm": (cfg.get("norm") or {}).get("kind"),  # None: the backbone as built, no conversion
+        # None: the backbone as built (no conversion), or no backbone at all (HDA builds its own projectors)
+        "norm": (cfg.get("norm") or {}).get("kind") if model.needs.backbone else None,
         "seed": cfg.seed, "world_size": trainer.world_size, "precision": str(trainer.precision),
         "epochs": trainer.current_epoch, "steps": trainer.global_step, "output_dir": cfg.paths.output_dir,
         "threads": torch.get_num_threads(),
