@@ -15,7 +15,7 @@ Each ``--config NAME=OVERRIDES`` (space-separated run.py overrides, may be empty
 ``--method`` (default ``source_only``) on every task; the probe is ``sklearn.linear_model.LogisticRegression(C=1)``
 on the L2-normalised source rows (as ``data.l2_normalize=true`` gives the MLP), tested on every
 target row. Reported: target accuracy of the last checkpoint and of the best by ``val/source_acc``
-(10% source hold-out), in %; runs go to a temporary folder.
+(10% source hold-out), in %, as a Markdown table (:func:`markdown`); runs go to a temporary folder.
 """
 
 from __future__ import annotations
@@ -70,6 +70,19 @@ def uda_run(source: Path, target: Path, overrides: list[str], seed: int, method:
             "steps": res["steps"], "s": res["wall_time_s"]}
 
 
+def markdown(saved: dict) -> str:
+    """The table of a ``--save`` file: per task the probe and last / best per config, then their means."""
+    names = list(saved["configs"])
+    lines = ["| task | linear probe | " + " | ".join(f"{n} last / best" for n in names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    rows = {task.replace(":", " -> "): row for task, row in saved["rows"].items()}
+    rows["mean"] = {c: statistics.mean(r[c] for r in saved["rows"].values()) for c in saved["columns"]}
+    for task, row in rows.items():
+        cells = [f"{row['linear probe']:.1f}"] + [f"{row[n + ' last']:.1f} / {row[n + ' best']:.1f}" for n in names]
+        lines.append(f"| {task} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("features_dir", help="a folder of <domain>.npz feature files")
@@ -85,29 +98,23 @@ def main(argv=None) -> None:
     for domain in sorted({d for task in args.tasks for d in task.split(":")}):
         if args.reviews and not (root / f"{domain}.npz").exists():
             reviews_features(args.reviews, domain, root / f"{domain}.npz", args.per_class)
-    configs = [c.split("=", 1) for c in (args.config or ["default="])]
-    print("| task | linear probe | " + " | ".join(f"{n} last / best" for n, _ in configs) + " |")
-    print("|---|---|" + "---|" * len(configs))
-    rows = []
+    configs = dict(c.split("=", 1) for c in (args.config or ["default="]))
+    columns = ["linear probe"] + [f"{name} {kind}" for name in configs for kind in ("last", "best")]
+    rows = {}
     for task in args.tasks:
         s, t = (root / f"{d}.npz" for d in task.split(":"))
         row = [100 * probe_accuracy(s, t)]
-        for _, overrides in configs:
+        for overrides in configs.values():
             runs = [uda_run(s, t, shlex.split(overrides), seed, args.method) for seed in range(args.seeds)]
             row += [100 * statistics.mean(r["last"] for r in runs), 100 * statistics.mean(r["best"] or float("nan") for r in runs)]
-        rows.append(row)
-        cells = [f"{row[0]:.1f}"] + [f"{row[i]:.1f} / {row[i + 1]:.1f}" for i in range(1, len(row), 2)]
-        print(f"| {task.replace(':', '->')} | " + " | ".join(cells) + " |", flush=True)
-    mean = [statistics.mean(col) for col in zip(*rows)]
-    cells = [f"{mean[0]:.1f}"] + [f"{mean[i]:.1f} / {mean[i + 1]:.1f}" for i in range(1, len(mean), 2)]
-    print("| mean | " + " | ".join(cells) + " |")
+        rows[task] = dict(zip(columns, row))
+        print(f"{task}: " + ", ".join(f"{c} {v:.1f}" for c, v in rows[task].items()), flush=True)
+    saved = {"command": "python -m benchmarks.feature_uda_defaults " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+             "method": args.method, "seeds": args.seeds, "configs": configs, "columns": columns, "rows": rows}
+    print(markdown(saved))
     if args.save:
-        columns = ["linear probe"] + [f"{name} {kind}" for name, _ in configs for kind in ("last", "best")]
         args.save.parent.mkdir(parents=True, exist_ok=True)
-        args.save.write_text(json.dumps({
-            "command": "python -m benchmarks.feature_uda_defaults " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-            "method": args.method, "seeds": args.seeds, "configs": dict(configs), "columns": columns,
-            "rows": {task: dict(zip(columns, row)) for task, row in zip(args.tasks, rows)}}, indent=1) + "\n")
+        args.save.write_text(json.dumps(saved, indent=1) + "\n")
 
 
 if __name__ == "__main__":
