@@ -23,7 +23,8 @@ the same); each step is "this loss updates these groups" (:meth:`~lightning_da.m
 and each group's schedule steps once per batch. In step B, G runs without gradients (its gradients
 were discarded in the original code anyway).
 Subclasses add terms to each step through :meth:`step_terms`; configured ``extra_losses`` are
-added to step A on both heads' target logits.
+added to steps A and B on both heads' target logits (TLlib's MCD adds its class-balance term,
+``extra_losses.class_balance``, to both: ``experiment=digits_tllib/mcd``).
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class MCD(DAMethod):
         f, z1, z2 = self.forward_heads(xs, xt)
         loss_cls = F.cross_entropy(z1[:ns], ys) + F.cross_entropy(z2[:ns], ys)
         extra, logs = self.step_terms("A", f, z1, z2, ns, batch)
-        # configured extra_losses act on both heads' target logits in step A (not logged: MCD logs its steps' terms)
+        # configured extra_losses act on both heads' target logits in steps A and B (not logged: MCD logs its steps' terms)
         loss = loss_cls + self.with_extra_losses(extra, None, z1[ns:], z2[ns:])
         self.update(loss, "G", "F")
         return {"train/loss_cls": loss_cls.detach(), **logs}
@@ -114,6 +115,7 @@ class MCD(DAMethod):
         disc = classifier_discrepancy(z1[ns:], z2[ns:])
         extra, logs = self.step_terms("B", f, z1, z2, ns, batch)
         loss = F.cross_entropy(z1[:ns], ys) + F.cross_entropy(z2[:ns], ys) - self.w_dis * disc + extra
+        loss = self.with_extra_losses(loss, None, z1[ns:], z2[ns:])  # as in step A
         self.update(loss, "F")
         return {"train/discrepancy_heads": disc.detach(), **logs}
 

@@ -7,7 +7,7 @@ not from the library: G = backbone + bottleneck, heads F1, F2, ``d(p, q) = mean 
 on the target softmaxes,
 
 * A (G, F1, F2): ``CE_s(F1) + CE_s(F2) [+ CGDM terms] + extra(F1_t) + extra(F2_t)``
-* B (F1, F2):    ``CE_s(F1) + CE_s(F2) - w_dis d(F1_t, F2_t) [+ w_ent_b Ent]``, G without gradient
+* B (F1, F2):    ``CE_s(F1) + CE_s(F2) - w_dis d(F1_t, F2_t) [+ w_ent_b Ent] + extra(F1_t) + extra(F2_t)``, G without gradient
 * C (G) x num_k: ``w_dis d(F1_t, F2_t) [+ w_ent_c Ent + w_gd L_GD]``
 
 with G's optimiser (SGD, no momentum) and the heads' optimiser (SGD with momentum) configured
@@ -193,6 +193,8 @@ def replay(ref, b, *, domain_forward, num_k, w_dis, extra, cgdm=None, pseudo=Non
     loss = F.cross_entropy(z1[:n], ys) + F.cross_entropy(z2[:n], ys) - w_dis * disc
     if cgdm is not None:
         loss = loss + ent_term("B", z1[n:], z2[n:])
+    if extra:  # TLlib's MCD: the class-balance term in steps A and B
+        loss = loss + extra_terms(z1[n:]) + extra_terms(z2[n:])
     opt_f.zero_grad()
     loss.backward()
     opt_f.step()
