@@ -44,7 +44,8 @@ Flags and deviations:
   loss and used the GAN loss through a gradient *scaling* layer; that variant is not implemented.
 
 At the digits protocol's budget (batch 32, 5,000 steps; TLlib runs batch 128 for 3 + 20 epochs of 2,500
-steps) these defaults collapse: the target encoder, trained by the adversarial loss alone, degenerates
+steps) on the library's shared digits network (``digits/adda``) these defaults collapse (TLlib's network,
+``digits_tllib/adda``, does not): the target encoder, trained by the adversarial loss alone, degenerates
 within 1-2 adaptation epochs (about 10% on target *and* source through ``E_t``), with either objective
 and with ``pretrain_lr`` 0.001 or 0.01. Measured on MNIST -> USPS (``docs/methods/adversarial.md``):
 ``method.pretrain_lr=0.01 optimizer.lr=0.001`` (a pre-training at the protocol's lr, an adaptation at
