@@ -56,13 +56,9 @@ def convert_norm(module: nn.Module, kind: str = "bn", rn1d_uniform_gamma: bool =
         return module
     if kind == "adabn":
         return mark_adabn(module)
-    cls = DOMAIN_NORMS.get(kind)
 
     def replace(bn: _BatchNorm) -> nn.Module:
-        if cls is None:  # none
-            layer = nn.Identity()
-        else:
-            layer = cls.from_batchnorm(bn, **options)
+        layer = nn.Identity() if kind == "none" else DOMAIN_NORMS[kind].from_batchnorm(bn, **options)
         if kind == "rn" and rn1d_uniform_gamma and isinstance(bn, nn.BatchNorm1d) and layer.affine:
             with torch.no_grad():
                 layer.weight.uniform_(0.0, 1.0)
