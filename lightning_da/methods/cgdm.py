@@ -1,7 +1,8 @@
 """CGDM: cross-domain gradient discrepancy minimization (Du et al., CVPR 2021), on MCD's three steps.
 
 With target entropy ``Ent`` (``entropy_mode``: ``im`` = mean H(p_i) - H(mean p), ``conditional`` =
-mean H(p_i) as in the old Office-31 script), entropy-weighted CE on pseudo labels ``WCE`` (weights
+mean H(p_i) as in the old Office-31 script, ``diversity`` = -mean_c log(mean_i p_ic) as in the old
+digits script), entropy-weighted CE on pseudo labels ``WCE`` (weights
 ``w_i = 1 + exp(-H_i)`` divided by the constant ``sum_j w_j``, with gradient through each ``w_i`` as in
 the original; ``wce_detach_weights=true`` detaches the whole weight instead, not the original's form;
 ``wce_batch_factor=true`` keeps the original's extra 1/B)
@@ -22,7 +23,9 @@ runs that pass on the training transform, random augmentation included, as the o
 
 ``train_bottleneck=false`` reproduces the scripts whose generator optimiser covers only the
 backbone (VisDA, DomainNet, Office-31): the bottleneck then stays at its initialisation. The
-generator optimiser is ``generator_optimizer`` (the original: SGD without momentum).
+generator optimiser is ``generator_optimizer`` (the original: SGD without momentum). The heads'
+initialisation is ``head.init``: ``normal`` for the ResNet scripts' ResClassifier, ``xavier`` for the
+digits script's LeNetClassifier (``experiment=digits/cgdm``).
 ``domain_forward`` is MCD's; with ``"separate"`` every step forwards both domains (its terms need them).
 """
 

@@ -83,7 +83,9 @@ class MLPClassifier(nn.Sequential):
     CGDM's ResClassifier is ``hidden=(1000, 1000), dropout=0.5, dropout_last=False``; the CGDM/MCD
     LeNet classifier is ``hidden=(100, 100), dropout=0.5, dropout_last=True``. ``init="normal"``
     draws Linear weights and biases from N(0, 0.01^2) and BN weights from N(1, 0.01^2) with zero
-    bias (CGDM's ``weights_init``); ``"default"`` keeps PyTorch's.
+    bias (CGDM's ``weights_init``, its ResNet heads); ``"xavier"`` gives every Linear xavier-normal
+    weights and zero bias, BatchNorm kept at PyTorch's (CGDM's digits classifier);
+    ``"default"`` keeps PyTorch's.
     """
 
     def __init__(self, in_features: int, num_classes: int, hidden: tuple[int, ...] | list[int] = (1000, 1000),
@@ -105,8 +107,12 @@ class MLPClassifier(nn.Sequential):
         self.out_features = num_classes
         if init == "normal":
             tllib_head_init_(self)
+        elif init == "xavier":
+            for m in self.modules():
+                if isinstance(m, nn.Linear):
+                    _init_linear(m, "xavier")
         elif init != "default":
-            raise ValueError(f"unknown init {init!r}; choose default or normal")
+            raise ValueError(f"unknown head init {init!r}; choose one of default, normal, xavier")
 
 
 def tllib_head_init_(*modules: nn.Module) -> None:

@@ -177,3 +177,18 @@ def test_cgdm_trains_and_refreshes_pseudo_labels(tmp_path):
     assert res["steps"] == 2 * 4 * 4  # optimiser steps: A steps G and the heads, B the heads, C G (num_k=1)
     header = (tmp_path / "csv" / "metrics.csv").read_text().splitlines()[0]
     assert "train/loss_gd" in header and "train/loss_pseudo" in header
+
+
+@pytest.mark.parametrize("experiment", ["digits/cgdm", "digits/mcd"])
+def test_digits_experiments_build_the_cgdm_digits_classifiers(tmp_path, experiment):
+    """The CGDM digits script's classifiers (LeNetClassifier, shared by its MCD): Dropout-100-BN-ReLU twice,
+    Dropout, 10 outputs, xavier-normal Linear weights with zero biases; the two heads differ."""
+    from lightning_da.train import build
+
+    _, model, _ = build(make_cfg(tmp_path, [f"experiment={experiment}", "data=digits_bundled", *QUICK]))
+    for head in (model.classifier, model.classifier2):
+        linears = [m for m in head if isinstance(m, torch.nn.Linear)]
+        assert [(m.in_features, m.out_features) for m in linears] == [(1200, 100), (100, 100), (100, 10)]
+        assert all(torch.count_nonzero(m.bias) == 0 for m in linears)
+        assert sum(isinstance(m, torch.nn.Dropout) for m in head) == 3
+    assert not torch.equal(model.classifier[1].weight, model.classifier2[1].weight)
