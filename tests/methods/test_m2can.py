@@ -66,7 +66,7 @@ from step_replay import (OneBatchData, TinyBackbone, assert_close_logs, assert_s
 
 
 AMAZON = SHARED_DATA / "amazon_reviews" / "raw"
-torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: threads only contend
 
 
 C = 3

@@ -148,10 +148,6 @@ def changed_any(model: nn.Module, before: nn.Module, prefix: str) -> bool:
     return any(not torch.equal(a[k], b[k]) for k in a if k.startswith(prefix))
 
 
-def deep_copy(module: nn.Module) -> nn.Module:
-    return copy.deepcopy(module)
-
-
 def run_batches(model: L.LightningModule, batch: dict | None = None, data: L.LightningDataModule | None = None,
                 max_epochs: int = 1, **trainer_kwargs: Any) -> tuple[list[dict[str, float]], dict[str, float]]:
     """As :func:`run_one_batch`, but returns the scalars logged at *every* batch (a list, in order) and
