@@ -117,12 +117,8 @@ class BSP(CDAN):
         scale = 1.0 if self.pretrain_lr is None else self.pretrain_lr / lr
         # the number of batches per epoch is known once the trainer has set up its data
         steps = self.pretrain_epochs * int(self.trainer.estimated_stepping_batches) // max(int(self.trainer.max_epochs), 1)
-        scheduler.lr_lambdas = [_phased(f, steps, scale) for f in scheduler.lr_lambdas]
-        scheduler._last_lr = []
-        for group, base, f in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
-            group["lr"] = base * f(scheduler.last_epoch)
-            scheduler._last_lr.append(group["lr"])
-        return scheduler
+        # the same factors, phased: a new LambdaLR takes its base lrs from the groups' initial_lr
+        return LambdaLR(optimizer, [_phased(f, steps, scale) for f in scheduler.lr_lambdas])
 
     # ------------------------------------------------------------------ loss
     def transfer_loss(self, step):
