@@ -105,7 +105,10 @@ def class_ami_score(features: torch.Tensor, logits: torch.Tensor, seed: int = 0)
     clusters as rows."""
     from sklearn.cluster import KMeans   # imported here: scikit-learn costs ~0.4 s to import, and only this score needs it
     from sklearn.metrics import adjusted_mutual_info_score
+    from threadpoolctl import threadpool_limits
 
     x = F.normalize(features.detach().float().cpu(), dim=-1).numpy()
-    clusters = KMeans(min(logits.shape[-1], len(x)), n_init=1, random_state=seed).fit(x).labels_
+    # k-means' OpenMP threads follow torch's (under CPU DDP each process has its share of the cores)
+    with threadpool_limits(limits=torch.get_num_threads()):
+        clusters = KMeans(min(logits.shape[-1], len(x)), n_init=1, random_state=seed).fit(x).labels_
     return float(adjusted_mutual_info_score(clusters, logits.argmax(-1).cpu().numpy()))

@@ -96,6 +96,28 @@ def test_class_ami_against_reference():
     assert math.isfinite(class_ami_score(torch.randn(3, 8), torch.randn(3, 10)))   # fewer rows than classes
 
 
+def test_class_ami_kmeans_threads_follow_torch(monkeypatch):
+    """k-means runs on as many OpenMP threads as torch has (under CPU DDP, each process's share), not on
+    the OpenMP runtime's default of every core."""
+    from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_info
+
+    seen, fit = [], KMeans.fit
+
+    def recording_fit(self, *args, **kwargs):
+        seen.extend(p["num_threads"] for p in threadpool_info() if p["user_api"] == "openmp")
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(KMeans, "fit", recording_fit)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        class_ami_score(torch.randn(40, 8), torch.randn(40, 3))
+    finally:
+        torch.set_num_threads(n)
+    assert seen and set(seen) == {1}
+
+
 def test_validators_in_a_run_and_as_monitor(tmp_path):
     res = train(make_cfg(tmp_path, ["method=dann", "monitor=val/validator/snd", *QUICK, "trainer.limit_val_batches=1.0",
                                     "callbacks.validators.max_samples=2000"]))
