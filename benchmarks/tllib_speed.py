@@ -1,12 +1,12 @@
 """Speed and arithmetic of a TLlib-protocol digits run under a few execution settings.
 
-    python -m benchmarks.tllib_speed --experiment digits_dan_tllib --steps 2000 --data ../shared/data \
+    python -m benchmarks.tllib_speed --experiment digits_tllib/dan --steps 2000 --data ../shared/data \
         --out bench_out/speed [--configs base compile threads2] [-- extra overrides]
 
 Each configuration trains the same experiment (batch 128, TLlib's network) from the same seed for
 ``--steps`` steps in its own process, one CPU thread unless it says otherwise:
 
-* ``base``: today's setting, one thread, channels_last (``digits_tllib_base``);
+* ``base``: today's setting, one thread, channels_last (``digits_tllib/_protocol``);
 * ``compile``: the same with ``method.compile=true`` (``torch.compile`` of the backbone, inductor on CPU);
 * ``threads2``: the same as ``base`` on two threads.
 
@@ -14,7 +14,7 @@ It records every step's training loss and wall time (Lightning's ``on_train_batc
 and compilation happen before the timed window: steps/s is measured from step ``--warmup`` on) and
 prints, per configuration, steps/s and how far its losses move from ``base``'s: the largest and mean
 absolute difference per step and the difference of the mean loss over the last 500 steps. Results go
-to ``<out>/<experiment>_<config>.json``.
+to ``<out>/<experiment>_<config>.json`` (a ``/`` in the experiment's name written as ``_``).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def measure(experiment: str, steps: int, data: str, overrides: list[str], out: P
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--experiment", default="digits_dan_tllib")
+    ap.add_argument("--experiment", default="digits_tllib/dan")
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--data", default=os.environ.get("LIGHTNING_DA_DATA", "data"))
@@ -71,10 +71,11 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    stem = args.experiment.replace("/", "_")
     if args.child:  # one configuration, in this process
         extra, _ = CONFIGS[args.child]
-        rec = measure(args.experiment, args.steps, args.data, [*extra, *args.overrides], out / f"run_{args.child}")
-        (out / f"{args.experiment}_{args.child}.json").write_text(json.dumps(rec))
+        rec = measure(args.experiment, args.steps, args.data, [*extra, *args.overrides], out / f"run_{stem}_{args.child}")
+        (out / f"{stem}_{args.child}.json").write_text(json.dumps(rec))
         return
     for name in args.configs:
         _, threads = CONFIGS[name]
@@ -82,7 +83,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "benchmarks.tllib_speed", "--experiment", args.experiment, "--steps",
                         str(args.steps), "--data", args.data, "--out", str(out), "--child", name, "--", *args.overrides],
                        cwd=ROOT, env=env, check=True)
-    recs = {n: json.loads((out / f"{args.experiment}_{n}.json").read_text()) for n in args.configs}
+    recs = {n: json.loads((out / f"{stem}_{n}.json").read_text()) for n in args.configs}
     base = recs.get("base")
     for name, rec in recs.items():
         t = rec["time"]
