@@ -1,6 +1,6 @@
 """Speed and arithmetic of a TLlib-protocol digits run under a few execution settings.
 
-    python -m benchmarks.tllib_speed --experiment digits_tllib/dan --steps 2000 --data ../shared/data \
+    python -m benchmarks.tllib_speed --experiment digits_tllib/dan --steps 2000 --data DATA_DIR \
         --out bench_out/speed [--configs base compile threads2] [--save results/...json] [-- extra overrides]
 
 Each configuration trains the same experiment (batch 128, TLlib's network) from the same seed for
