@@ -3,7 +3,7 @@ per-parameter implementation.
 
     python -m benchmarks.cgdm_step [--batches 30] [--threads 2] [--channels-last]
 
-Both methods use the digits setting of ``conf/experiment/cgdm_digits.yaml`` (LeNetBN at 32 px,
+Both methods use the digits setting of ``conf/experiment/digits/cgdm.yaml`` (LeNetBN at 32 px,
 heads 100-100, num_k 4, batch 32 + 32) on random inputs, with CGDM's pseudo labels filled so that
 every term (entropy, weighted CE, L_GD) is active. One batch = steps A, B and num_k C steps.
 The L_GD timing compares ``losses.bi_classifier.gradient_discrepancy`` (one ``autograd.grad`` per
