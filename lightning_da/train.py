@@ -203,6 +203,16 @@ def _single_log_stream() -> None:
             lg.propagate = True
 
 
+def _not_an_advertisement(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
+def _drop_lightning_advertisement() -> None:
+    """Lightning's trainer logs a tip to install its cloud logger (LitLogger) on every run that does
+    not use it; a run's log keeps to the run. Idempotent (``addFilter`` ignores a filter it has)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advertisement)
+
+
 def warn_renamed_experiment(cfg: DictConfig) -> str | None:
     """An experiment selected by its old name (``conf/experiment/<old>.yaml`` forwards to the new one for
     one more release) logs a warning naming the new name; returns the message."""
@@ -219,6 +229,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit and test as configured; return the results (also written to ``results.json``)."""
     start = time.time()
     _single_log_stream()
+    _drop_lightning_advertisement()
     warn_renamed_experiment(cfg)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.get("float32_matmul_precision"):

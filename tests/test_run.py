@@ -2,6 +2,7 @@
 2-process CPU DDP and a 2-job multirun."""
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -90,6 +91,19 @@ def test_bf16_mixed_on_cpu(tmp_path):
     res = train(make_cfg(tmp_path, ["method=dann", "trainer.precision=bf16-mixed", *QUICK]))
     check_results(res, 4)
     assert res["precision"] == "bf16-mixed"
+
+
+def test_run_log_has_no_cloud_logger_advertisement(tmp_path, caplog):
+    """Lightning's trainer logs a tip to install its cloud logger; a run drops it."""
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    rank_zero.addHandler(caplog.handler)  # Lightning's loggers may not propagate to the root
+    try:
+        with caplog.at_level(logging.INFO):
+            train(make_cfg(tmp_path, ["method=source_only", *QUICK]))
+    finally:
+        rank_zero.removeHandler(caplog.handler)
+    assert "Seed set to" in caplog.text or "GPU available" in caplog.text  # Lightning's own lines still pass
+    assert "litlogger" not in caplog.text
 
 
 def test_logger_none_with_default_callbacks(tmp_path):
