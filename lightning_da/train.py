@@ -204,12 +204,13 @@ def _single_log_stream() -> None:
 
 
 def _not_an_advertisement(record: logging.LogRecord) -> bool:
-    return "litlogger" not in record.getMessage()
+    return not record.getMessage().startswith("💡 Tip")
 
 
 def _drop_lightning_advertisement() -> None:
-    """Lightning's trainer logs a tip to install its cloud logger (LitLogger) on every run that does
-    not use it; a run's log keeps to the run. Idempotent (``addFilter`` ignores a filter it has)."""
+    """Lightning's trainer logs a "💡 Tip" to install its cloud logger (LitLogger) on every run that
+    does not use it; a run's log keeps to the run. Only those tips are dropped, so a real message that
+    names LitLogger still shows. Idempotent (``addFilter`` ignores a filter it has)."""
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_not_an_advertisement)
 
 
